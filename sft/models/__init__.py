@@ -1,0 +1,3 @@
+from sft.models.module import SFTModule
+
+__all__ = ["SFTModule"]
