@@ -18,7 +18,7 @@ from typing import Optional, Sequence
 import torch
 from safetensors.torch import load_file, save_file
 
-from sft.models.heads import ClassificationHead
+from sft.models.heads import SequenceClassificationHead
 
 FORMAT_VERSION = 1
 
@@ -34,7 +34,7 @@ def export_module(module, tokenizer, out_dir: str | Path, max_length: int = 512)
         "format_version": FORMAT_VERSION,
         "task": hp.task,
         "label_names": list(module.label_names),
-        "pooling": hp.pooling,
+        "pooling": module.head.pooling,
         "hidden_size": module.backbone.config.hidden_size,
         "max_length": max_length,
     }, indent=2) + "\n")
@@ -44,7 +44,7 @@ def export_module(module, tokenizer, out_dir: str | Path, max_length: int = 512)
 class Predictor:
     """Encoder + head + tokenizer from an export folder; `predict` returns labels and probabilities."""
 
-    def __init__(self, backbone, head: ClassificationHead, tokenizer, label_names: list[str], max_length: int = 512):
+    def __init__(self, backbone, head: SequenceClassificationHead, tokenizer, label_names: list[str], max_length: int = 512):
         self.backbone = backbone.eval()
         self.head = head.eval()
         self.tokenizer = tokenizer
@@ -62,8 +62,11 @@ class Predictor:
         backbone = AutoModel.from_pretrained(folder).to(device)
         if getattr(backbone, "pooler", None) is not None:
             backbone.pooler = None
-        head = ClassificationHead(info["hidden_size"], len(info["label_names"]), info["pooling"], dropout=0.0)
-        head.load_state_dict(load_file(folder / "head.safetensors"))
+        head = SequenceClassificationHead(info["hidden_size"], info["label_names"], info["pooling"], dropout=0.0)
+        # Loss buffers (class weights) may be present and are not needed to predict; weights must be.
+        missing = head.load_state_dict(load_file(folder / "head.safetensors"), strict=False).missing_keys
+        if missing:
+            raise ValueError(f"{folder}/head.safetensors lacks {missing}")
         return cls(backbone, head.to(device), AutoTokenizer.from_pretrained(folder), info["label_names"], info["max_length"])
 
     @torch.inference_mode()
@@ -75,7 +78,7 @@ class Predictor:
                                    list(pairs[start:start + batch_size]) if pairs else None,
                                    truncation=True, max_length=self.max_length, padding=True, return_tensors="pt").to(device)
             hidden = self.backbone(**batch).last_hidden_state
-            chunks.append(self.head(hidden, batch["attention_mask"]).float().softmax(-1).cpu())
+            chunks.append(self.head.predict(self.head(hidden, batch))["probabilities"].cpu())
         return torch.cat(chunks)
 
     def predict(self, texts: Sequence[str], pairs: Optional[Sequence[str]] = None) -> list[dict]:

@@ -13,10 +13,14 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset
 
 from sft import assets
-from sft.data.collators import PaddingCollator
 from sft.data.sources import DataError, Table, read_table
 from sft.data.text_classification import TextClassificationProcessor
 from sft.tasks import TASK_MODALITY, ConfigError
+
+# The processor of each task: reads records of a Table, learns the label map from train, encodes.
+PROCESSORS = {
+    "text_classification": TextClassificationProcessor,
+}
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +81,7 @@ class SFTDataModule(L.LightningDataModule):
         pad_to_multiple_of: Optional[int] = 8,
         label_names: Optional[list[str]] = None,
         trust_remote_code: bool = False,
+        **task_options,
     ):
         super().__init__()
         if task not in TASK_MODALITY:
@@ -134,12 +139,21 @@ class SFTDataModule(L.LightningDataModule):
         return self._tokenizer
 
     @property
-    def processor(self) -> TextClassificationProcessor:
+    def processor(self):
         if self._processor is None:
+            import inspect
+
             hp = self.hparams
-            self._processor = TextClassificationProcessor(
-                self.tokenizer, text_column=hp.text_column, text_pair_column=hp.text_pair_column,
-                label_column=hp.label_column, max_length=hp.max_length, label_names=hp.label_names)
+            cls = PROCESSORS[hp.task]
+            known = set(inspect.signature(SFTDataModule.__init__).parameters)
+            options = {k: v for k, v in hp.items() if k not in known}
+            accepted = set(inspect.signature(cls).parameters)
+            unknown = sorted(set(options) - accepted)
+            if unknown:
+                raise ConfigError(f"data.{unknown[0]} is not an option of the {hp.task} task")
+            self._processor = cls(self.tokenizer, text_column=hp.text_column, text_pair_column=hp.text_pair_column,
+                                  label_column=hp.label_column, max_length=hp.max_length,
+                                  label_names=hp.label_names, **options)
         return self._processor
 
     @property
@@ -170,7 +184,7 @@ class SFTDataModule(L.LightningDataModule):
         batch_size = hp.batch_size if split == "train" else (hp.eval_batch_size or hp.batch_size)
         return DataLoader(
             self.encoded(split), batch_size=batch_size, shuffle=shuffle, num_workers=hp.num_workers,
-            collate_fn=PaddingCollator(self.tokenizer.pad_token_id, hp.pad_to_multiple_of),
+            collate_fn=self.processor.make_collator(hp.pad_to_multiple_of),
             pin_memory=torch.cuda.is_available(), persistent_workers=hp.num_workers > 0,
         )
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from sft.data.collators import PaddingCollator
 from sft.data.sources import DataError, Table
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,9 @@ class TextClassificationProcessor:
         self.label_column = label_column
         self.max_length = max_length
         self.label_names = list(label_names) if label_names is not None else None
+
+    def make_collator(self, pad_to_multiple_of: int | None):
+        return PaddingCollator(self.tokenizer.pad_token_id, pad_to_multiple_of)
 
     def _columns(self, with_labels: bool) -> dict[str, str]:
         columns = {"data.text_column": self.text_column, "data.text_pair_column": self.text_pair_column}

@@ -2,54 +2,27 @@
 
 from __future__ import annotations
 
-import re
-from typing import Any, Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import lightning as L
 import torch
-import torch.nn as nn
-from torchmetrics import MetricCollection
-from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from sft.models.backbones import load_text_encoder
-from sft.models.heads import ClassificationHead
+from sft.models.heads import build_head
 from sft.optim import parameter_groups
 from sft.tasks import ConfigError, check_task_model
 
 
-def _metric_suffix(label: str) -> str:
-    return re.sub(r"[^0-9A-Za-z_.-]+", "_", label)
-
-
-def class_weight_tensor(class_weights, label_names: Sequence[str]) -> Optional[torch.Tensor]:
-    """`model.class_weights` as a list aligned with the label map, or a {label: weight} mapping."""
-    if class_weights is None:
-        return None
-    if isinstance(class_weights, dict) or hasattr(class_weights, "items"):
-        unknown = set(map(str, class_weights)) - set(label_names)
-        if unknown:
-            raise ConfigError(f"model.class_weights names labels {sorted(unknown)} that the data does not have; "
-                              f"labels: {list(label_names)}")
-        weights = [float(dict(class_weights).get(name, 1.0)) for name in label_names]
-    else:
-        weights = [float(w) for w in class_weights]
-        if len(weights) != len(label_names):
-            raise ConfigError(f"model.class_weights has {len(weights)} entries; the data has {len(label_names)} labels "
-                              f"{list(label_names)}")
-    return torch.tensor(weights)
-
-
 class SFTModule(L.LightningModule):
+    """Backbone + the task's head; the head owns loss and metrics, so the steps are the same for
+    every task. `head_options` are the head's own settings (pooling, dropout, label_smoothing, ...)."""
+
     def __init__(
         self,
         task: str,
         label_names: Sequence[str],
         pretrained: str,
         modality: str = "text",
-        pooling: str = "cls",
-        dropout: float = 0.1,
-        label_smoothing: float = 0.0,
-        class_weights: Any = None,
         head_lr: Optional[float] = None,
         freeze_backbone: bool = False,
         trust_remote_code: bool = False,
@@ -57,11 +30,11 @@ class SFTModule(L.LightningModule):
         optimizer: Optional[Callable] = None,
         scheduler: Optional[Callable] = None,
         load_weights: bool = True,
+        **head_options,
     ):
         super().__init__()
         check_task_model(task, modality)  # before any weights load
         label_names = [str(n) for n in label_names]
-        weights = class_weight_tensor(class_weights, label_names)
         self.save_hyperparameters(ignore=["optimizer", "scheduler", "load_weights"], logger=False)
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
@@ -72,70 +45,52 @@ class SFTModule(L.LightningModule):
         self.backbone.train()
         if freeze_backbone:
             self.backbone.requires_grad_(False)
-        self.head = ClassificationHead(self.backbone.config.hidden_size, len(label_names), pooling, dropout)
-        self.loss_fn = nn.CrossEntropyLoss(weight=weights, label_smoothing=label_smoothing)
-
-        num_classes = len(label_names)
-        metrics = MetricCollection({
-            "acc": MulticlassAccuracy(num_classes, average="micro"),
-            "f1": MulticlassF1Score(num_classes, average="macro"),
-        })
-        self.train_metrics = MetricCollection({"acc": MulticlassAccuracy(num_classes, average="micro")}, prefix="train/")
-        self.val_metrics = metrics.clone(prefix="val/")
-        self.test_metrics = metrics.clone(prefix="test/")
-        self.test_class_f1 = MulticlassF1Score(num_classes, average=None)
+        self.head = build_head(task, self.backbone.config.hidden_size, label_names, **head_options)
+        self.train_metrics = self.head.make_metrics("train/")
+        self.val_metrics = self.head.make_metrics("val/")
+        self.test_metrics = self.head.make_metrics("test/", final=True)
 
     # -- forward ---------------------------------------------------------------------------
-    def forward(self, input_ids, attention_mask, token_type_ids=None) -> torch.Tensor:
-        inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
-        if token_type_ids is not None:
-            inputs["token_type_ids"] = token_type_ids
-        hidden = self.backbone(**inputs).last_hidden_state
-        return self.head(hidden, attention_mask)
+    def forward(self, batch: dict) -> torch.Tensor:
+        inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
+        return self.head(self.backbone(**inputs).last_hidden_state, batch)
 
-    def _step(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = self(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
-        loss = self.loss_fn(logits.float(), batch["labels"])
-        return loss, logits
+    def _step(self, batch: dict, metrics) -> torch.Tensor:
+        outputs = self(batch)
+        loss = self.head.loss(outputs, batch)
+        self.head.update_metrics(metrics, outputs, batch)
+        return loss
+
+    def _log_metrics(self, metrics, **kwargs) -> None:
+        self.log_dict(self.head.flatten_metrics(metrics.compute()), **kwargs)
+        metrics.reset()
 
     # -- steps -----------------------------------------------------------------------------
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        loss, logits = self._step(batch)
-        self.train_metrics.update(logits.detach(), batch["labels"])
+        loss = self._step(batch, self.train_metrics)
         self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False)
         return loss
 
     def on_train_epoch_end(self) -> None:
-        self.log_dict(self.train_metrics.compute())
-        self.train_metrics.reset()
+        self._log_metrics(self.train_metrics)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        loss, logits = self._step(batch)
-        self.val_metrics.update(logits, batch["labels"])
-        self.log("val/loss", loss, on_epoch=True, batch_size=len(batch["labels"]), sync_dist=True)
+        loss = self._step(batch, self.val_metrics)
+        self.log("val/loss", loss, on_epoch=True, batch_size=len(batch["input_ids"]), sync_dist=True)
 
     def on_validation_epoch_end(self) -> None:
-        self.log_dict(self.val_metrics.compute(), prog_bar=True)
-        self.val_metrics.reset()
+        self._log_metrics(self.val_metrics, prog_bar=True)
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
-        loss, logits = self._step(batch)
-        self.test_metrics.update(logits, batch["labels"])
-        self.test_class_f1.update(logits, batch["labels"])
-        self.log("test/loss", loss, on_epoch=True, batch_size=len(batch["labels"]), sync_dist=True)
+        loss = self._step(batch, self.test_metrics)
+        self.log("test/loss", loss, on_epoch=True, batch_size=len(batch["input_ids"]), sync_dist=True)
 
     def on_test_epoch_end(self) -> None:
-        self.log_dict(self.test_metrics.compute())
-        per_class = self.test_class_f1.compute()
-        self.log_dict({f"test/f1_{_metric_suffix(name)}": per_class[i] for i, name in enumerate(self.label_names)})
-        self.test_metrics.reset()
-        self.test_class_f1.reset()
+        self._log_metrics(self.test_metrics)
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
-        logits = self(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
-        probabilities = logits.float().softmax(-1)
-        out = {"probabilities": probabilities, "prediction": probabilities.argmax(-1)}
+        out = self.head.predict(self(batch))
         if "labels" in batch:
             out["labels"] = batch["labels"]
         return out
