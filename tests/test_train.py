@@ -169,3 +169,13 @@ def test_frozen_backbone_trains_only_head(make_train_cfg):
             assert torch.equal(state[f"backbone.{name}"], value), name
     groups = ckpt["optimizer_states"][0]["param_groups"]
     assert [g["lr"] for g in groups if g.get("name", "").startswith("head")]
+
+
+def test_bf16_mixed_precision_with_accumulation_runs_on_cpu(make_train_cfg):
+    cfg = make_train_cfg(["trainer.precision=bf16-mixed", "trainer.accumulate_grad_batches=2", "trainer.max_steps=2",
+                          "trainer.val_check_interval=4"])
+    metrics = train(cfg)
+    assert torch.isfinite(torch.tensor(metrics["test/loss"]))
+    ckpt = torch.load(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["global_step"] == 2  # optimizer steps, each over 2 micro-batches
+    assert ckpt["loops"]["fit_loop"]["epoch_loop.batch_progress"]["total"]["completed"] == 4
