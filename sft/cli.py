@@ -147,7 +147,7 @@ def train(cfg: DictConfig, extra_callbacks: Optional[list] = None) -> dict[str, 
     if cfg.get("train", True):
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
         metrics.update(_floats(trainer.callback_metrics))
-    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    best = next((cb.best_model_path for cb in trainer.checkpoint_callbacks if cb.monitor), "")
     if cfg.get("test", True):
         if not best:
             log.warning("No best checkpoint was saved (no validation, or checkpoints are off): testing current weights")

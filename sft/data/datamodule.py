@@ -13,6 +13,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset
 
 from sft import assets
+from sft.data.samplers import LengthGroupedSampler
 from sft.data.sources import DataError, Table, read_table
 from sft.data.text_classification import TextClassificationProcessor
 from sft.tasks import TASK_MODALITY, ConfigError
@@ -79,6 +80,7 @@ class SFTDataModule(L.LightningDataModule):
         eval_batch_size: Optional[int] = None,
         num_workers: int = 0,
         pad_to_multiple_of: Optional[int] = 8,
+        group_by_length: bool = True,
         label_names: Optional[list[str]] = None,
         trust_remote_code: bool = False,
         **task_options,
@@ -182,8 +184,14 @@ class SFTDataModule(L.LightningDataModule):
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         hp = self.hparams
         batch_size = hp.batch_size if split == "train" else (hp.eval_batch_size or hp.batch_size)
+        dataset = self.encoded(split)
+        sampler = None
+        if shuffle and hp.group_by_length:
+            lengths = [len(example["input_ids"]) for example in dataset.examples]
+            sampler = LengthGroupedSampler(lengths, batch_size, seed=hp.split_seed)
+            shuffle = False
         return DataLoader(
-            self.encoded(split), batch_size=batch_size, shuffle=shuffle, num_workers=hp.num_workers,
+            dataset, batch_size=batch_size, shuffle=shuffle, sampler=sampler, num_workers=hp.num_workers,
             collate_fn=self.processor.make_collator(hp.pad_to_multiple_of),
             pin_memory=torch.cuda.is_available(), persistent_workers=hp.num_workers > 0,
         )
