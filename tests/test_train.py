@@ -76,7 +76,7 @@ def test_run_directory_records(trained_run):
     for key in ("train/loss", "val/loss", "val/acc", "val/f1", "test/acc", "test/f1", "test/loss", "test/f1_pos", "test/f1_neg"):
         assert key in written, key
     tags = _event_tags(run_dir / "tensorboard")
-    assert {"train/loss", "train/lr", "val/acc", "val/f1", "test/acc"} <= tags
+    assert {"train/loss", "train/lr", "val/acc", "val/f1", "test/acc", "train/device/samples_per_sec", "train/device/items_per_sec"} <= tags
     assert "hp_metric" not in tags
     assert {"test/acc", "val/acc"} <= _hparams_metrics(run_dir / "tensorboard")
 

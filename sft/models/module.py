@@ -46,6 +46,7 @@ class SFTModule(L.LightningModule):
         if freeze_backbone:
             self.backbone.requires_grad_(False)
         self.head = build_head(task, self.backbone.config.hidden_size, label_names, **head_options)
+        self.flops_per_batch = None  # set it (e.g. with lightning's measure_flops) to get MFU in the throughput logs
         self.train_metrics = self.head.make_metrics("train/")
         self.val_metrics = self.head.make_metrics("val/")
         self.test_metrics = self.head.make_metrics("test/", final=True)
