@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 SHAPES = {  # (layers, hidden, heads, intermediate)
+    "tiny": (2, 64, 2, 128),  # for checking that the harness runs, not for figures
     "minilm": (6, 384, 12, 1536),
     "bert-base": (12, 768, 12, 3072),
 }
@@ -72,7 +73,7 @@ def sentence_lengths(n: int, seed: int) -> np.ndarray:
     return np.clip(np.round(rng.lognormal(mean=3.6, sigma=0.5, size=n)), 14, 126).astype(int)
 
 
-def make_encoder(folder: Path, shape: str) -> None:
+def make_encoder(folder: Path, shape: str, dropout: float = 0.1) -> None:
     """A randomly initialised BERT of the given shape, with a WordPiece vocabulary of whole words."""
     from transformers import BertConfig, BertModel, BertTokenizerFast
 
@@ -81,7 +82,8 @@ def make_encoder(folder: Path, shape: str) -> None:
     (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
     BertTokenizerFast(vocab=str(folder / "vocab.txt")).save_pretrained(folder)
     config = BertConfig(vocab_size=len(vocab), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-                        intermediate_size=intermediate, max_position_embeddings=512)
+                        intermediate_size=intermediate, max_position_embeddings=512,
+                        hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
     torch.manual_seed(0)
     BertModel(config).save_pretrained(folder)
 
@@ -193,14 +195,16 @@ def run_hf_trainer_text_cls(model_dir: Path, train_file: Path, size: dict, lr: f
 
 def run_raw_loop(module, batches: list[dict], size: dict) -> Result:
     """What a careful hand-written loop does: forward, backward, step, same batches and optimizer."""
+    from sft.optim import parameter_groups
+
     dev = device()
     module = module.to(dev).train()
-    optimizer = module.optimizer_factory(module.parameters())
+    optimizer = module.optimizer_factory(parameter_groups(module.named_parameters()))
     autocast = torch.autocast(dev, dtype=torch.bfloat16, enabled=size["precision"].startswith("bf16"))
     timer = StepTimer(size["warmup"], size["steps"])
     reset_memory()
     for step, batch in enumerate(batches, start=1):
-        batch = {k: v.to(dev, non_blocking=True) for k, v in batch.items()}
+        batch = {k: v.to(dev, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
         with autocast:
             loss = module.head.loss(module(batch), batch)
         loss.backward()
@@ -228,7 +232,7 @@ def overhead(size: dict, workdir: Path) -> tuple[Result, Result, str]:
     from sft.data import SFTDataModule
     from sft.models import SFTModule
 
-    make_encoder(workdir, size["shape"])
+    make_encoder(workdir, size["shape"], dropout=0.0)  # no dropout: both sides take identical steps
     train_file = make_texts(workdir, size["samples"])
     datamodule = SFTDataModule(task="text_classification", tokenizer=str(workdir), train_file=str(train_file),
                                val_fraction=0.01, test_fraction=0.01, batch_size=size["batch_size"])
@@ -238,11 +242,11 @@ def overhead(size: dict, workdir: Path) -> tuple[Result, Result, str]:
     def fresh_module():
         torch.manual_seed(0)
         return SFTModule(task="text_classification", label_names=datamodule.label_names, pretrained=str(workdir),
-                         optimizer=partial(torch.optim.AdamW, lr=5e-5, weight_decay=0.01, fused=True))
+                         optimizer=partial(torch.optim.AdamW, lr=5e-5, weight_decay=0.01, fused=True), dropout=0.0)
 
     class FixedBatches(L.LightningDataModule):
         def train_dataloader(self):
-            return batches
+            return torch.utils.data.DataLoader(batches, batch_size=None, shuffle=False)  # yields them as they are
 
     peer = run_raw_loop(fresh_module(), batches, size)
     ours = fit_and_time(fresh_module(), FixedBatches(), size)
