@@ -27,6 +27,18 @@ def task_monitor(task: str, part: str = "metric") -> str:
     return mode if part == "mode" else metric
 
 
+def plain(value):
+    """Config containers (OmegaConf lists and dicts) as plain lists and dicts, so that checkpoint
+    hyperparameters load with torch.load(weights_only=True)."""
+    from collections.abc import Mapping, Sequence
+
+    if isinstance(value, Mapping):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
+        return [plain(v) for v in value]
+    return value
+
+
 class ConfigError(ValueError):
     """A configuration that cannot work; the message says which keys and what to change."""
 

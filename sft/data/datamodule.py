@@ -18,7 +18,7 @@ from sft.data.multilabel import MultiLabelProcessor
 from sft.data.regression import RegressionProcessor
 from sft.data.text_classification import TextClassificationProcessor
 from sft.data.token_classification import TokenClassificationProcessor
-from sft.tasks import TASK_MODALITY, ConfigError
+from sft.tasks import TASK_MODALITY, ConfigError, plain
 
 # The processor of each task: reads records of a Table, learns the label map from train, encodes.
 PROCESSORS = {
@@ -97,6 +97,8 @@ class SFTDataModule(L.LightningDataModule):
                               + (f"; got train_file={train_file!r} and dataset={dataset!r}" if train_file else ""))
         # Absolute paths, so a checkpoint's record of its data still holds from another directory.
         train_file, val_file, test_file = (os.path.abspath(f) if f else None for f in (train_file, val_file, test_file))
+        label_column, label_names = plain(label_column), plain(label_names)
+        task_options = {key: plain(value) for key, value in task_options.items()}
         self.save_hyperparameters(logger=False)
         self._tables: dict[str, Table] = {}
         self._encoded: dict[str, EncodedDataset] = {}

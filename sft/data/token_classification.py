@@ -49,8 +49,9 @@ def plan_windows(counts: list[int], budget: int, stride: int) -> list[tuple[int,
         windows.append((start, end))
         if end >= n:
             return windows
-        following, overlap = end, 0
-        while following - 1 > start and overlap + counts[following - 1] <= stride:
+        following, overlap = end, 0  # context repeated from this window, leaving room for word `end`
+        while (following - 1 > start and overlap + counts[following - 1] <= stride
+               and overlap + counts[following - 1] + counts[end] <= budget):
             following -= 1
             overlap += counts[following]
         start = following

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import lightning as L
 import torch
@@ -11,15 +10,7 @@ import torch
 from sft.models.backbones import load_text_encoder
 from sft.models.heads import build_head
 from sft.optim import parameter_groups
-from sft.tasks import ConfigError, check_task_model
-
-
-def _plain(value):
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
-        return [_plain(v) for v in value]
-    return value
+from sft.tasks import ConfigError, check_task_model, plain
 
 
 class SFTModule(L.LightningModule):
@@ -45,7 +36,7 @@ class SFTModule(L.LightningModule):
         check_task_model(task, modality)  # before any weights load
         label_names = [str(n) for n in label_names]
         # Plain lists and dicts (not OmegaConf containers), so checkpoints load with weights_only.
-        head_options = {key: _plain(value) for key, value in head_options.items()}
+        head_options = {key: plain(value) for key, value in head_options.items()}
         self.save_hyperparameters(ignore=["optimizer", "scheduler", "load_weights"], logger=False)
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
