@@ -42,14 +42,15 @@ class EntityMetric(Metric):
         def flat(state):
             return (torch.cat(state) if isinstance(state, list) else state).tolist() if len(state) else []
 
-        sentences: dict[int, list[tuple[int, int, int]]] = {}
+        # keyed by word, so a sentence that a distributed sampler repeats to even out ranks counts once
+        sentences: dict[int, dict[int, tuple[int, int]]] = {}
         for s, w, p, g in zip(flat(self.sentence), flat(self.word), flat(self.predicted), flat(self.gold)):
-            sentences.setdefault(s, []).append((w, p, g))
+            sentences.setdefault(s, {})[w] = (p, g)
         gold, predicted = [], []
         for s in sorted(sentences):
-            words = sorted(sentences[s])
-            predicted.append([self.tag_names[p] for _, p, _ in words])
-            gold.append([self.tag_names[g] for _, _, g in words])
+            words = [sentences[s][w] for w in sorted(sentences[s])]
+            predicted.append([self.tag_names[p] for p, _ in words])
+            gold.append([self.tag_names[g] for _, g in words])
         scores = entity_scores(gold, predicted, self.types)
         return {name: torch.tensor(value) for name, value in scores.items()}
 
