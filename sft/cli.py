@@ -21,7 +21,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from sft.tasks import check_task_model
+from sft.tasks import check_task_model, task_monitor
 
 log = logging.getLogger("sft")
 
@@ -36,6 +36,9 @@ def config_dir() -> str:
 # Cached, so every interpolation of the run directory within one config sees the same value.
 if not OmegaConf.has_resolver("run_id"):
     OmegaConf.register_new_resolver("run_id", lambda: secrets.token_hex(3), use_cache=True)
+# `monitor: ${task_monitor:${data.task}}` in train.yaml: the best-checkpoint metric follows the task.
+if not OmegaConf.has_resolver("task_monitor"):
+    OmegaConf.register_new_resolver("task_monitor", task_monitor)
 
 
 # -- building pieces ---------------------------------------------------------------------------
@@ -134,6 +137,7 @@ def train(cfg: DictConfig, extra_callbacks: Optional[list] = None) -> dict[str, 
         cfg.model,
         task=cfg.data.task,
         label_names=datamodule.label_names,
+        **datamodule.head_options,
         optimizer=hydra.utils.instantiate(cfg.optimizer),
         scheduler=hydra.utils.instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
     )
@@ -216,6 +220,16 @@ def write_predictions(trainer: L.Trainer, module, datamodule, path: Path) -> Non
     """One JSON line per test record: its source location, text, gold label, prediction, probabilities."""
     outputs = trainer.predict(module, datamodule=datamodule)
     table = datamodule.tables()["test"]
+    task_rows = getattr(datamodule.processor, "prediction_rows", None)
+    if task_rows is not None:  # tasks whose predictions are not one label per record
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "w", encoding="utf-8") as f:
+            count = 0
+            for line in task_rows(table, outputs, list(module.label_names)):
+                f.write(json.dumps(line) + "\n")
+                count += 1
+        log.info("Wrote %d predictions to %s", count, path)
+        return
     hp = datamodule.hparams
     names = module.label_names
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -24,6 +24,11 @@ FORMAT_VERSION = 1
 
 
 def export_module(module, tokenizer, out_dir: str | Path, max_length: int = 512) -> Path:
+    if module.hparams.task != "text_classification":
+        from sft.tasks import ConfigError
+
+        raise ConfigError(f"export_dir: exporting is supported for text_classification only, not {module.hparams.task}; "
+                          f"use the checkpoint with eval.py instead")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     module.backbone.save_pretrained(out)

@@ -6,7 +6,37 @@ A pair that cannot work is refused here, before any weights or data load.
 
 TASK_MODALITY = {
     "text_classification": "text",
+    "multilabel_classification": "text",
+    "text_regression": "text",
+    "token_classification": "text",
 }
+
+# The validation metric that picks the best checkpoint of each task, and its better direction
+# (train.yaml's `monitor` / `monitor_mode` follow data.task through the `task_monitor` resolver).
+TASK_MONITOR = {
+    "text_classification": ("val/acc", "max"),
+    "multilabel_classification": ("val/micro_f1", "max"),
+    "text_regression": ("val/mse", "min"),
+    "token_classification": ("val/entity_f1", "max"),
+}
+
+
+def task_monitor(task: str, part: str = "metric") -> str:
+    """`monitor` (part=metric) or `monitor_mode` (part=mode) for a task; val/loss for others."""
+    metric, mode = TASK_MONITOR.get(task, ("val/loss", "min"))
+    return mode if part == "mode" else metric
+
+
+def plain(value):
+    """Config containers (OmegaConf lists and dicts) as plain lists and dicts, so that checkpoint
+    hyperparameters load with torch.load(weights_only=True)."""
+    from collections.abc import Mapping, Sequence
+
+    if isinstance(value, Mapping):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
+        return [plain(v) for v in value]
+    return value
 
 
 class ConfigError(ValueError):

@@ -15,12 +15,18 @@ from torch.utils.data import DataLoader, Dataset
 from sft import assets
 from sft.data.samplers import LengthGroupedSampler
 from sft.data.sources import DataError, Table, read_table
+from sft.data.multilabel import MultiLabelProcessor
+from sft.data.regression import RegressionProcessor
 from sft.data.text_classification import TextClassificationProcessor
-from sft.tasks import TASK_MODALITY, ConfigError
+from sft.data.token_classification import TokenClassificationProcessor
+from sft.tasks import TASK_MODALITY, ConfigError, plain
 
 # The processor of each task: reads records of a Table, learns the label map from train, encodes.
 PROCESSORS = {
     "text_classification": TextClassificationProcessor,
+    "multilabel_classification": MultiLabelProcessor,
+    "text_regression": RegressionProcessor,
+    "token_classification": TokenClassificationProcessor,
 }
 
 log = logging.getLogger(__name__)
@@ -93,6 +99,8 @@ class SFTDataModule(L.LightningDataModule):
                               + (f"; got train_file={train_file!r} and dataset={dataset!r}" if train_file else ""))
         # Absolute paths, so a checkpoint's record of its data still holds from another directory.
         train_file, val_file, test_file = (os.path.abspath(f) if f else None for f in (train_file, val_file, test_file))
+        label_column, label_names = plain(label_column), plain(label_names)
+        task_options = {key: plain(value) for key, value in task_options.items()}
         self.save_hyperparameters(logger=False)
         self._tables: dict[str, Table] = {}
         self._encoded: dict[str, EncodedDataset] = {}
@@ -164,6 +172,13 @@ class SFTDataModule(L.LightningDataModule):
         if self.processor.label_names is None:
             self.processor.fit(self.tables()["train"])
         return self.processor.label_names
+
+    @property
+    def head_options(self) -> dict:
+        """What the head needs learned from the training split besides the label map (e.g. the
+        target statistics of regression); passed to the model with the label map."""
+        learn = getattr(self.processor, "head_options", None)
+        return learn(self.tables()["train"]) if learn else {}
 
     def encoded(self, split: str) -> EncodedDataset:
         if split not in self._encoded:

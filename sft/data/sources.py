@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-FORMATS = {".csv": "csv", ".tsv": "tsv", ".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
+FORMATS = {".csv": "csv", ".tsv": "tsv", ".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet",
+           ".conll": "conll", ".iob": "conll", ".bio": "conll"}
 COMPRESSIONS = {".gz": gzip.open, ".bz2": bz2.open}
 
 
@@ -142,6 +143,10 @@ def read_table(path: str | Path, key: str = "data file") -> Table:
         records = _read_jsonl(path, opener)
     elif kind == "json":
         records = _read_json(path, opener)
+    elif kind == "conll":
+        from sft.data.conll import read_conll
+
+        records = read_conll(path, opener)
     else:
         records = _read_parquet(path)
     rows, locations, columns = [], [], {}

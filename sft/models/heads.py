@@ -14,6 +14,7 @@ adds its class here and one line in HEADS.
 
 from __future__ import annotations
 
+import logging
 import re
 from typing import Any, Optional, Sequence
 
@@ -25,6 +26,8 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 from sft.tasks import ConfigError
 
 POOLINGS = ("cls", "mean")
+
+log = logging.getLogger(__name__)
 
 
 def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
@@ -104,8 +107,17 @@ class SequenceClassificationHead(nn.Module):
         return {"probabilities": probabilities, "prediction": probabilities.argmax(-1)}
 
 
+# Heads of the other text tasks live in their own files; imported here, after pool() and
+# metric_suffix() exist, because they use them.
+from sft.models.multilabel_head import MultiLabelHead  # noqa: E402
+from sft.models.regression_head import RegressionHead  # noqa: E402
+from sft.models.token_head import TokenClassificationHead  # noqa: E402
+
 HEADS = {
     "text_classification": SequenceClassificationHead,
+    "multilabel_classification": MultiLabelHead,
+    "text_regression": RegressionHead,
+    "token_classification": TokenClassificationHead,
 }
 
 
@@ -114,6 +126,12 @@ def build_head(task: str, hidden_size: int, label_names: Sequence[str], **option
 
     cls = HEADS[task]
     accepted = set(inspect.signature(cls).parameters)
+    # One model config serves every task: options of other tasks' heads are left out here.
+    elsewhere = {name for head in HEADS.values() for name in inspect.signature(head).parameters}
+    ignored = sorted((set(options) - accepted) & elsewhere)
+    if ignored:
+        log.info("model.%s: not options of the %s head; ignored", ", model.".join(ignored), task)
+        options = {k: v for k, v in options.items() if k not in ignored}
     unknown = sorted(set(options) - accepted)
     if unknown:
         raise ConfigError(f"model.{unknown[0]} is not an option of the {task} head; its options: "

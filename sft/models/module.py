@@ -10,7 +10,7 @@ import torch
 from sft.models.backbones import load_text_encoder
 from sft.models.heads import build_head
 from sft.optim import parameter_groups
-from sft.tasks import ConfigError, check_task_model
+from sft.tasks import ConfigError, check_task_model, plain
 
 
 class SFTModule(L.LightningModule):
@@ -35,6 +35,8 @@ class SFTModule(L.LightningModule):
         super().__init__()
         check_task_model(task, modality)  # before any weights load
         label_names = [str(n) for n in label_names]
+        # Plain lists and dicts (not OmegaConf containers), so checkpoints load with weights_only.
+        head_options = {key: plain(value) for key, value in head_options.items()}
         self.save_hyperparameters(ignore=["optimizer", "scheduler", "load_weights"], logger=False)
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
@@ -92,6 +94,7 @@ class SFTModule(L.LightningModule):
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
         out = self.head.predict(self(batch))
+        out.update({key: batch[key] for key in getattr(self.head, "predict_keeps", ())})
         if "labels" in batch:
             out["labels"] = batch["labels"]
         return out
