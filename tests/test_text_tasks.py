@@ -119,6 +119,7 @@ def task_overrides(data: str, model_dir: str, train_file: Path, extra: list[str]
 
 
 # -- multi-label ---------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_multilabel_learns_and_writes_predictions(tiny_model_dir, tmp_path):
     train_file = write_multilabel_jsonl(tmp_path / "train.jsonl", 400, seed=0)
     test_file = write_multilabel_jsonl(tmp_path / "test.jsonl", 96, seed=1)
@@ -167,6 +168,7 @@ def test_multilabel_empty_labels(tiny_model_dir, tmp_path):
 
 
 # -- regression ----------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_regression_learns_in_original_units(tiny_model_dir, tmp_path):
     train_file = write_regression_csv(tmp_path / "train.csv", 320, seed=0)
     cfg = compose_config("train", task_overrides("text_regression", tiny_model_dir, train_file,
@@ -192,6 +194,7 @@ def test_regression_learns_in_original_units(tiny_model_dir, tmp_path):
     assert (sum(e * e for e in errors) / len(errors)) ** 0.5 == pytest.approx(evaluated["test/rmse"], rel=1e-3)
 
 
+@pytest.mark.slow
 def test_multi_output_regression(tiny_model_dir, tmp_path):
     train_file = write_regression_csv(tmp_path / "train.csv", 240, seed=0)
     cfg = compose_config("train", task_overrides("text_regression", tiny_model_dir, train_file,
@@ -225,6 +228,7 @@ def test_sentence_pairs_use_the_tokenizer_pair_format(tiny_model_dir, tmp_path):
 
 
 # -- token classification (NER) ----------------------------------------------------------------
+@pytest.mark.slow
 def test_ner_learns_unseen_names_in_seen_contexts(tiny_tagger_dir, tmp_path):
     rng = random.Random(0)
     train_sentences = [make_tagged_sentence(rng) for _ in range(320)]
