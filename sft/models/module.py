@@ -47,6 +47,8 @@ class SFTModule(L.LightningModule):
             self.backbone.requires_grad_(False)
         self.head = build_head(task, self.backbone.config.hidden_size, label_names, **head_options)
         self.train_metrics = self.head.make_metrics("train/")
+        # Saved in checkpoints, so an epoch resumed mid-way reports the same train metrics.
+        self.train_metrics.persistent(True)
         self.val_metrics = self.head.make_metrics("val/")
         self.test_metrics = self.head.make_metrics("test/", final=True)
 
