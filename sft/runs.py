@@ -98,7 +98,7 @@ def resume_config(cfg: DictConfig) -> DictConfig:
         raise ConfigError(f"resume={cfg.resume}: no config.yaml in {run_dir}; give the directory of an sft run")
     if not last.is_file():
         raise ConfigError(f"resume={cfg.resume}: no checkpoint at {last}; the run saved none before it stopped "
-                          "(see callbacks.model_checkpoint.every_n_train_steps)")
+                          "(see callbacks.periodic_checkpoint.every_n_train_steps)")
     saved = OmegaConf.load(saved_path)
     overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
     for override in OverridesParser.create().parse_overrides(overrides):
@@ -143,12 +143,12 @@ def validate_config(cfg: DictConfig) -> None:
     wanted = _int_or_none(devices) if _int_or_none(devices) != -1 else None
     if OmegaConf.is_list(devices) or isinstance(devices, list):
         wanted = max(devices) + 1 if uses_gpu else len(devices)
-    if wanted is not None and wanted > available:
-        raise ConfigError(f"trainer.devices={devices} asks for more devices than this machine has: {available} {kind} "
-                          f"visible (trainer.accelerator={accelerator})")
     if accelerator in ("gpu", "cuda") and gpus == 0:
         raise ConfigError(f"trainer.accelerator={accelerator} but no CUDA GPU is visible; use trainer=cpu or "
                           "trainer.accelerator=auto")
+    if wanted is not None and wanted > available:
+        raise ConfigError(f"trainer.devices={devices} asks for more devices than this machine has: {available} {kind} "
+                          f"visible (trainer.accelerator={accelerator})")
 
     scheduler = cfg.get("scheduler") or {}
     max_steps = _int_or_none(trainer.get("max_steps"))

@@ -21,8 +21,8 @@ from tests.conftest import compose_config, tiny_overrides
 
 # 256 training records in batches of 16: 16 batches per epoch, so 18 steps cross an epoch boundary
 # and a stop at step 9 falls mid-epoch, with dropout on.
-RESUMABLE = ["trainer.max_steps=18", "trainer.val_check_interval=4", "callbacks.early_stopping=null",
-             "callbacks.model_checkpoint.every_n_train_steps=3"]
+RESUMABLE = ["trainer.max_steps=18", "trainer.max_epochs=5", "trainer.val_check_interval=4", "callbacks.early_stopping=null",
+             "callbacks.periodic_checkpoint.every_n_train_steps=3"]
 
 
 class Crash(Callback):
@@ -115,21 +115,21 @@ from sft.checkpointing import atomic_torch_save
 i = 0
 while True:
     i += 1
-    atomic_torch_save({"version": i, "weights": torch.full((4_000_000,), float(i))}, sys.argv[1])
+    atomic_torch_save({"version": i, "weights": torch.full((1_000_000,), float(i))}, sys.argv[1])
     print(i, flush=True)
 """
 
 
 def test_kill_during_save_never_leaves_a_broken_checkpoint(tmp_path):
     target = tmp_path / "last.ckpt"
-    for delay in (0.0, 0.013, 0.029, 0.047):
+    for delay in (0.0, 0.011, 0.023):
         proc = subprocess.Popen([sys.executable, "-c", SAVER, str(target)], stdout=subprocess.PIPE, text=True)
         assert proc.stdout.readline().strip() == "1"  # one complete save, then kill during the following ones
         time.sleep(delay)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         checkpoint = torch.load(target, weights_only=True)
-        assert torch.equal(checkpoint["weights"], torch.full((4_000_000,), float(checkpoint["version"])))
+        assert torch.equal(checkpoint["weights"], torch.full((1_000_000,), float(checkpoint["version"])))
     leftovers = [p.name for p in tmp_path.iterdir() if p.name != "last.ckpt"]
     # A kill mid-save can leave only a hidden temporary file, never a damaged target.
     assert all(name.startswith(".last.ckpt.") and name.endswith(".tmp") for name in leftovers)
@@ -150,7 +150,7 @@ def _poison_batch(monkeypatch, batches: set[int]):
 
 
 def test_nan_loss_stops_naming_step_and_batch(make_train_cfg, monkeypatch):
-    cfg = make_train_cfg(["trainer.max_steps=8", "callbacks.model_checkpoint.every_n_train_steps=2",
+    cfg = make_train_cfg(["trainer.max_steps=8", "callbacks.periodic_checkpoint.every_n_train_steps=2",
                           "callbacks.early_stopping=null"])
     _poison_batch(monkeypatch, {5})
     with pytest.raises(NonFiniteLossError, match=r"train loss nan at global step 5 \(epoch 0, batch 5 of the epoch\)"):

@@ -108,7 +108,7 @@ def test_sigkill_then_resume_completes(tiny_model_dir, sentiment_csv, tmp_path):
     run_dir = tmp_path / "killed"
     overrides = tiny_overrides(tiny_model_dir, sentiment_csv, [
         "trainer.max_steps=60", "trainer.val_check_interval=16", "callbacks.early_stopping=null", "logger=csv",
-        "callbacks.model_checkpoint.every_n_train_steps=5", f"hydra.run.dir={run_dir}"])
+        "callbacks.periodic_checkpoint.every_n_train_steps=5", f"hydra.run.dir={run_dir}"])
     proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *overrides], cwd=tmp_path,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     last = run_dir / "checkpoints" / "last.ckpt"

@@ -109,3 +109,26 @@ class NonFiniteLossGuard(Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.skipped = state_dict.get("skipped", 0)
+
+
+class PeriodicCheckpoint(Callback):
+    """Writes `last.ckpt` every `every_n_train_steps` optimizer steps (None: never), so a killed run
+    loses at most that many steps. Kept apart from the best-checkpoint ModelCheckpoint, whose choice
+    of best.ckpt stays tied to validation (and so comes out the same after a resume)."""
+
+    def __init__(self, dirpath: str, every_n_train_steps: Optional[int] = None, filename: str = "last.ckpt"):
+        if every_n_train_steps is not None and int(every_n_train_steps) < 1:
+            raise ValueError(f"callbacks.periodic_checkpoint.every_n_train_steps={every_n_train_steps} must be "
+                             "a positive number of steps or null")
+        self.dirpath = dirpath
+        self.every_n_train_steps = every_n_train_steps
+        self.filename = filename
+        self._last_saved_step = -1
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        step = trainer.global_step
+        if (not self.every_n_train_steps or step == 0 or step % self.every_n_train_steps
+                or step == self._last_saved_step or trainer.sanity_checking):
+            return
+        self._last_saved_step = step
+        trainer.save_checkpoint(f"{self.dirpath}/{self.filename}")
