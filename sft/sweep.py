@@ -57,7 +57,7 @@ def _job_rows(sweep_dir: Path) -> list[dict[str, Any]]:
 
 
 def write_summary(sweep_dir: Path, metric: Optional[str], mode: str) -> list[dict[str, Any]]:
-    """summary.csv in `sweep_dir`: job, status, the optimized metric, overrides, every final metric,
+    """summary.csv in `sweep_dir`: job, status, objective (the optimized metric), overrides, every final metric,
     error and run directory; sorted best first, failed jobs (worst value) last."""
     rows = _job_rows(sweep_dir)
     worst = worst_value(mode)
@@ -66,7 +66,8 @@ def write_summary(sweep_dir: Path, metric: Optional[str], mode: str) -> list[dic
         row["value"] = worst if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
     rows.sort(key=lambda r: (r["status"] != "ok", -r["value"] if mode == "max" else r["value"], r["job"]))
     metric_names = sorted({k for r in rows for k in r.get("metrics", {})})
-    header = ["rank", "job", "status", metric or "optimized_metric", "overrides", *metric_names, "error", "run_dir"]
+    # `objective`: the optimized metric as the sweep ranks it (worst possible for a failed job).
+    header = ["rank", "job", "status", "objective", "overrides", *metric_names, "error", "run_dir"]
     with open(sweep_dir / "summary.csv", "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(header)
