@@ -219,8 +219,12 @@ def run_label() -> str:
         hydra_cfg = HydraConfig.get()
         if hydra_cfg.mode != RunMode.MULTIRUN:
             return ""
-        typed = set(sys.argv[1:])
-        own = [o for o in hydra_cfg.overrides.task if o not in typed]
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        parser = OverridesParser.create()
+        typed = [a for a in sys.argv[1:] if "=" in a and not a.startswith("-")]
+        fixed = {o.key_or_group for o in parser.parse_overrides(typed) if not o.is_sweep_override()}
+        own = [o for o in hydra_cfg.overrides.task if o.split("=", 1)[0].lstrip("+~") not in fixed]
         label = ",".join(own) or f"job{hydra_cfg.job.num}"
         return label.replace("/", "_")
     except Exception:

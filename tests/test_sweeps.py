@@ -73,7 +73,7 @@ def test_optuna_sweep_keeps_study_and_writes_summary(tiny_model_dir, sentiment_c
 
 def test_failing_job_does_not_stop_grid_sweep(tiny_model_dir, sentiment_csv, tmp_path):
     overrides = tiny_overrides(tiny_model_dir, sentiment_csv, QUICK + [f"paths.log_dir={tmp_path}"])
-    run(["-m", *overrides, "model.pooling=mean,bogus,cls"], cwd=tmp_path)
+    run(["-m", *overrides, "logger=tensorboard", "model.pooling=mean,bogus,cls"], cwd=tmp_path)
     sweep = only_sweep(tmp_path)
     assert [p.name for p in job_dirs(sweep)] == ["0", "1", "2"]
     rows = read_summary(sweep)
@@ -84,6 +84,9 @@ def test_failing_job_does_not_stop_grid_sweep(tiny_model_dir, sentiment_csv, tmp
     assert failed["val/acc"] == "" and float(failed["objective"]) == float("-inf")
     assert (sweep / "1" / "error.json").is_file() and not (sweep / "1" / "metrics.json").exists()
     assert all((sweep / r["job"] / "metrics.json").is_file() for r in rows[:2])
+    # TensorBoard names each job's run by its swept override: `tensorboard --logdir SWEEP_DIR` labels curves so.
+    assert [p.name for p in (sweep / "0" / "tensorboard").iterdir() if p.is_dir()] == ["model.pooling=mean"]
+    assert [p.name for p in (sweep / "2" / "tensorboard").iterdir() if p.is_dir()] == ["model.pooling=cls"]
 
 
 @pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
