@@ -191,15 +191,20 @@ class SFTDataModule(L.LightningDataModule):
             pin_memory=torch.cuda.is_available(), persistent_workers=hp.num_workers > 0,
             # A loader's own generator: making an iterator (every validation) never draws from the
             # global RNG, so dropout sees the same random stream in a resumed and an uninterrupted run.
-            generator=torch.Generator().manual_seed(torch.initial_seed() % 2**63),
+            generator=torch.Generator().manual_seed(self._order_seed()),
         )
+
+    @staticmethod
+    def _order_seed() -> int:
+        # The run's seed (seed_everything records it for every rank), as Lightning's own samplers use it.
+        return int(os.environ.get("PL_GLOBAL_SEED", 0))
 
     def train_dataloader(self) -> DataLoader:
         trainer = self.trainer
         dataset = self.encoded("train")
         # The shuffled order depends on (seed, epoch) only, and its position is saved in checkpoints.
         self._train_sampler = ResumableSampler(
-            dataset, batch_size=self.hparams.batch_size, seed=torch.initial_seed() % 2**63,
+            dataset, batch_size=self.hparams.batch_size, seed=self._order_seed(),
             shuffle=not (trainer and trainer.overfit_batches), num_replicas=trainer.world_size if trainer else 1,
             rank=trainer.global_rank if trainer else 0)
         if self._resume_order:
