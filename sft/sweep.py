@@ -60,6 +60,10 @@ def write_summary(sweep_dir: Path, metric: Optional[str], mode: str) -> list[dic
     """summary.csv in `sweep_dir`: job, status, objective (the optimized metric), overrides, every final metric,
     error and run directory; sorted best first, failed jobs (worst value) last."""
     rows = _job_rows(sweep_dir)
+    # What sets the jobs apart: the overrides not shared by all of them (for the printed table).
+    shared = set.intersection(*(set(r["overrides"].split()) for r in rows)) if len(rows) > 1 else set()
+    for row in rows:
+        row["swept"] = " ".join(o for o in row["overrides"].split() if o not in shared)
     worst = worst_value(mode)
     for row in rows:
         value = row.get("metrics", {}).get(metric) if metric else None
@@ -83,10 +87,10 @@ def print_summary(rows: list[dict[str, Any]], metric: Optional[str], sweep_dir: 
     from rich.table import Table
 
     table = Table(title=f"Sweep summary ({len(rows)} jobs, best first): {sweep_dir / 'summary.csv'}")
-    for column in ("#", "job", "status", metric or "metric", "overrides", "error / run directory"):
+    for column in ("#", "job", "status", metric or "metric", "swept overrides", "error / run directory"):
         table.add_column(column, overflow="fold")
     for rank, row in enumerate(rows, start=1):
-        table.add_row(str(rank), str(row["job"]), row["status"], f"{row['value']:.4f}", row["overrides"],
+        table.add_row(str(rank), str(row["job"]), row["status"], f"{row['value']:.4f}", row["swept"] or row["overrides"],
                       row["error"] or row["run_dir"])
     Console(width=200).print(table)
 
