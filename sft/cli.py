@@ -21,6 +21,8 @@ import torch
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from sft import runs
+from sft.callbacks.run_state import RNGState, RunRecord
 from sft.tasks import check_task_model, task_monitor
 
 log = logging.getLogger("sft")
@@ -39,6 +41,15 @@ if not OmegaConf.has_resolver("run_id"):
 # `monitor: ${task_monitor:${data.task}}` in train.yaml: the best-checkpoint metric follows the task.
 if not OmegaConf.has_resolver("task_monitor"):
     OmegaConf.register_new_resolver("task_monitor", task_monitor)
+# The TensorBoard name of a sweep job: its swept overrides, so curves are labelled by them.
+if not OmegaConf.has_resolver("run_label"):
+    OmegaConf.register_new_resolver("run_label", runs.run_label)
+# Optuna's storage: an SQLite file in the sweep directory, made before the sweeper opens it.
+if not OmegaConf.has_resolver("optuna_storage"):
+    OmegaConf.register_new_resolver("optuna_storage", lambda folder: runs.sqlite_url(folder), use_cache=True)
+# Optuna's `direction` from `optimized_mode` (max/min).
+if not OmegaConf.has_resolver("optuna_direction"):
+    OmegaConf.register_new_resolver("optuna_direction", lambda mode: "maximize" if mode == "max" else "minimize")
 
 
 # -- building pieces ---------------------------------------------------------------------------
@@ -123,16 +134,32 @@ def log_hparams_with_metrics(trainer: L.Trainer, cfg: DictConfig, metrics: dict[
 
 
 # -- train ---------------------------------------------------------------------------------------
+def checkpoint_plugins(cfg: DictConfig) -> dict:
+    """Atomic checkpoint writes, unless the config names its own plugins or a strategy that writes
+    its checkpoints itself (DeepSpeed, sharded FSDP)."""
+    strategy = str(cfg.trainer.get("strategy", ""))
+    if cfg.trainer.get("plugins") or "deepspeed" in strategy.lower() or "fsdp" in strategy.lower():
+        return {}
+    from sft.checkpointing import AtomicCheckpointIO
+
+    return {"plugins": [AtomicCheckpointIO()]}
+
+
 def train(cfg: DictConfig, extra_callbacks: Optional[list] = None) -> dict[str, float]:
     """Fit, then test the best checkpoint. Returns the final metrics, as also written to metrics.json.
-    `extra_callbacks` join those of the config (for use from Python)."""
+    `extra_callbacks` join those of the config (for use from Python). With `resume=RUN_DIR`, the
+    run continues in RUN_DIR with its saved config from checkpoints/last.ckpt."""
+    if cfg.get("resume"):
+        cfg = runs.resume_config(cfg)
     apply_extras(cfg)
     run_dir = output_dir(cfg)
     check_task_model(cfg.data.task, cfg.model.modality)  # refuse a bad pair before anything loads
+    runs.validate_config(cfg)
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
 
     datamodule = hydra.utils.instantiate(cfg.data)
+    runs.validate_monitor(cfg, datamodule.label_names)  # reads the data's labels, still before any weights
     module = hydra.utils.instantiate(
         cfg.model,
         task=cfg.data.task,
@@ -141,11 +168,17 @@ def train(cfg: DictConfig, extra_callbacks: Optional[list] = None) -> dict[str, 
         optimizer=hydra.utils.instantiate(cfg.optimizer),
         scheduler=hydra.utils.instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
     )
+    config = resolved(cfg)
+    record = runs.run_record(config, resumed_from=cfg.get("ckpt_path") if cfg.get("resume") else None)
+    callbacks = instantiate_group(cfg.get("callbacks")) + [RNGState(), RunRecord(record)] + list(extra_callbacks or [])
+    runs.install_ddp_launch_fix()
     trainer: L.Trainer = hydra.utils.instantiate(
-        cfg.trainer, callbacks=instantiate_group(cfg.get("callbacks")) + list(extra_callbacks or []), logger=instantiate_group(cfg.get("logger")) or False
+        cfg.trainer, callbacks=callbacks, logger=instantiate_group(cfg.get("logger")) or False,
+        **checkpoint_plugins(cfg),
     )
     if trainer.is_global_zero:
-        (run_dir / "config.yaml").write_text(resolved_yaml(cfg))
+        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(config))
+        runs.append_run_record(run_dir, record)
 
     metrics: dict[str, float] = {}
     if cfg.get("train", True):
@@ -251,13 +284,36 @@ def write_predictions(trainer: L.Trainer, module, datamodule, path: Path) -> Non
 
 # -- entry points ------------------------------------------------------------------------------------
 def _run(fn, cfg: DictConfig) -> Optional[float]:
-    metrics = fn(cfg)
-    # A sweeper (Optuna) optimizes the value the task returns.
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
     metric = cfg.get("optimized_metric")
-    return metrics.get(metric) if metric else None
+    if HydraConfig.get().mode != RunMode.MULTIRUN:
+        metrics = fn(cfg)
+        return metrics.get(metric) if metric else None
+    # A sweep job: a failure is recorded in its directory and the summary, and the sweep goes on
+    # with the optimized metric counted as its worst value.
+    from sft.sweep import record_failure, worst_value
+
+    with runs.job_environment():
+        try:
+            metrics = fn(cfg)
+        except Exception as error:  # noqa: BLE001 - any failure of one job must not end the sweep
+            log.exception("Sweep job %s failed", HydraConfig.get().job.num)
+            record_failure(Path(HydraConfig.get().runtime.output_dir), error)
+            return worst_value(cfg.get("optimized_mode") or "max") if metric else None
+    # A sweeper (Optuna) optimizes the value the task returns.
+    value = metrics.get(metric) if metric else None
+    if metric and value is None:
+        log.warning("optimized_metric=%s was not among the final metrics; counted as worst", metric)
+        return worst_value(cfg.get("optimized_mode") or "max")
+    return value
 
 
 def train_main() -> None:
+    import sys
+
+    sys.argv = runs.resume_argv(sys.argv)
     hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")(lambda cfg: _run(train, cfg))()
 
 

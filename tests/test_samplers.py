@@ -1,10 +1,11 @@
-"""Length-grouped sampling: every example once per epoch, reshuffled per epoch, far less padding."""
+"""The training order: every example once per epoch, reshuffled per epoch, far less padding when
+length-grouped, disjoint DDP shards, and a mid-epoch resume that continues the same order."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from sft.data.samplers import LengthGroupedSampler
+from sft.data.samplers import ResumableSampler
 
 
 def padded_tokens(order: list[int], lengths: np.ndarray, batch_size: int) -> int:
@@ -12,10 +13,10 @@ def padded_tokens(order: list[int], lengths: np.ndarray, batch_size: int) -> int
                for i in range(0, len(order), batch_size))
 
 
-def test_each_epoch_is_a_permutation_with_less_padding():
+def test_grouped_epochs_are_permutations_with_less_padding():
     rng = np.random.default_rng(0)
     lengths = rng.integers(16, 129, size=1000)
-    sampler = LengthGroupedSampler(lengths, batch_size=32, seed=7)
+    sampler = ResumableSampler(1000, batch_size=32, seed=7, lengths=lengths)
     first = list(sampler)
     assert sorted(first) == list(range(1000))
     sampler.set_epoch(1)
@@ -27,14 +28,29 @@ def test_each_epoch_is_a_permutation_with_less_padding():
     random_order = rng.permutation(1000).tolist()
     grouped, shuffled = padded_tokens(first, lengths, 32), padded_tokens(random_order, lengths, 32)
     assert grouped < 0.75 * shuffled, (grouped, shuffled)
-    assert grouped >= lengths.sum()
 
 
 def test_short_batch_stays_last_and_longest_batch_first():
     lengths = np.arange(1, 71)  # 70 examples: two full batches of 32 and one of 6
-    order = list(LengthGroupedSampler(lengths, batch_size=32, seed=1, group_batches=3))
+    order = list(ResumableSampler(70, batch_size=32, seed=1, lengths=lengths, group_batches=3))
     batches = [order[i:i + 32] for i in range(0, 70, 32)]
     assert [len(b) for b in batches] == [32, 32, 6]
-    spans = [lengths[b].max() - lengths[b].min() for b in batches[:2]]
-    assert max(spans) < 32  # each full batch holds neighbouring lengths, not a random mix
-    assert lengths[batches[0]].max() == lengths[order].max()
+    assert all(lengths[b].max() - lengths[b].min() < 32 for b in batches[:2])
+    assert lengths[batches[0]].max() == lengths.max()
+
+
+def test_ddp_shards_are_disjoint_and_grouped():
+    lengths = np.random.default_rng(1).integers(16, 129, size=640)
+    shards = [list(ResumableSampler(640, batch_size=16, seed=3, lengths=lengths, num_replicas=2, rank=r)) for r in (0, 1)]
+    assert not set(shards[0]) & set(shards[1]) and sorted(shards[0] + shards[1]) == list(range(640))
+    random_batches = padded_tokens(np.random.default_rng(2).permutation(320).tolist(), lengths, 16)
+    assert padded_tokens(shards[0], lengths, 16) < 0.75 * random_batches
+
+
+def test_resume_skips_exactly_the_batches_already_trained():
+    sampler = ResumableSampler(100, batch_size=10, seed=5, lengths=np.arange(100) % 37)
+    sampler.set_epoch(2)
+    full = list(sampler)
+    sampler.resume_at(epoch=2, batches_done=3)
+    assert list(sampler) == full[30:]
+    assert list(sampler) == full  # the skip applies to the interrupted epoch only

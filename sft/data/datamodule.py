@@ -13,7 +13,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset
 
 from sft import assets
-from sft.data.samplers import LengthGroupedSampler
+from sft.data.samplers import ResumableSampler
 from sft.data.sources import DataError, Table, read_table
 from sft.data.multilabel import MultiLabelProcessor
 from sft.data.regression import RegressionProcessor
@@ -107,6 +107,8 @@ class SFTDataModule(L.LightningDataModule):
         self._tokenizer = None
         self._processor: Optional[TextClassificationProcessor] = None
         self.report: dict[str, dict] = {}
+        self._train_sampler: Optional[ResumableSampler] = None
+        self._resume_order: Optional[dict] = None  # where a resumed run continues the data order
 
     # -- data ------------------------------------------------------------------------------
     def prepare_data(self) -> None:
@@ -196,29 +198,53 @@ class SFTDataModule(L.LightningDataModule):
             self.encoded(split)
 
     # -- loaders ---------------------------------------------------------------------------
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+    def _loader(self, split: str, sampler=None) -> DataLoader:
         hp = self.hparams
         batch_size = hp.batch_size if split == "train" else (hp.eval_batch_size or hp.batch_size)
-        dataset = self.encoded(split)
-        sampler = None
-        if shuffle and hp.group_by_length:
-            lengths = [len(example["input_ids"]) for example in dataset.examples]
-            sampler = LengthGroupedSampler(lengths, batch_size, seed=hp.split_seed)
-            shuffle = False
         return DataLoader(
-            dataset, batch_size=batch_size, shuffle=shuffle, sampler=sampler, num_workers=hp.num_workers,
+            self.encoded(split), batch_size=batch_size, sampler=sampler, num_workers=hp.num_workers,
             collate_fn=self.processor.make_collator(hp.pad_to_multiple_of),
             pin_memory=torch.cuda.is_available(), persistent_workers=hp.num_workers > 0,
+            # A loader's own generator: making an iterator (every validation) never draws from the
+            # global RNG, so dropout sees the same random stream in a resumed and an uninterrupted run.
+            generator=torch.Generator().manual_seed(self._order_seed()),
         )
 
+    @staticmethod
+    def _order_seed() -> int:
+        # The run's seed (seed_everything records it for every rank), as Lightning's own samplers use it.
+        return int(os.environ.get("PL_GLOBAL_SEED", 0))
+
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
+        trainer = self.trainer
+        dataset = self.encoded("train")
+        # The shuffled order depends on (seed, epoch) only, and its position is saved in checkpoints.
+        lengths = [len(example["input_ids"]) for example in dataset.examples] if self.hparams.group_by_length else None
+        self._train_sampler = ResumableSampler(
+            len(dataset), batch_size=self.hparams.batch_size, seed=self._order_seed(), lengths=lengths,
+            shuffle=not (trainer and trainer.overfit_batches), num_replicas=trainer.world_size if trainer else 1,
+            rank=trainer.global_rank if trainer else 0)
+        if self._resume_order:
+            self._train_sampler.resume_at(**self._resume_order)
+            self._resume_order = None
+        return self._loader("train", sampler=self._train_sampler)
+
+    # -- checkpoint state: where in the epoch's data order training stands ------------------------
+    def state_dict(self) -> dict:
+        trainer = self.trainer
+        if self._train_sampler is None or trainer is None:
+            return {}
+        return {"train_order": {"epoch": self._train_sampler.epoch,
+                                "batches_done": trainer.fit_loop.epoch_loop.batch_progress.current.processed}}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self._resume_order = state_dict.get("train_order")
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
+        return self._loader("val")
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
+        return self._loader("test")
 
     def predict_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
+        return self._loader("test")

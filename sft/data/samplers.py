@@ -1,52 +1,98 @@
-"""Length-grouped sampling: batches of similar lengths, so dynamic padding wastes little compute."""
+"""The training order: seeded per epoch, optionally length-grouped, sharded across DDP ranks, and
+resumable mid-epoch.
+
+Lightning restores the loop counters of a run killed mid-epoch, but a plain shuffled DataLoader
+would start the epoch over with a fresh order. Here each epoch's order is drawn from (seed, epoch)
+alone and, after `resume_at(epoch, batches_done)`, the batches the interrupted run already trained
+on are skipped, so a resumed run sees exactly the batches the uninterrupted one would.
+"""
 
 from __future__ import annotations
 
-from typing import Iterator, Sequence
+import math
+from typing import Iterator, Optional, Sequence
 
 import numpy as np
 from torch.utils.data import Sampler
 
 
-class LengthGroupedSampler(Sampler[int]):
+def length_grouped_order(lengths: np.ndarray, batch_size: int, rng: np.random.Generator,
+                         group_batches: int = 50) -> np.ndarray:
     """A shuffled order in which neighbouring indices have similar lengths.
 
-    Each epoch: shuffle everything, cut into groups of `batch_size * group_batches`, sort each
-    group by length, slice it into batches, then shuffle the batches. Batches stay random in
-    content and order while padding drops to the spread within a batch. Under DDP, Lightning
-    hands every rank every world_size-th index of this order, so each rank's batches are still
-    grouped. The order depends only on (seed, epoch), so it is reproducible.
+    Shuffle everything, cut into groups of `batch_size * group_batches`, sort each group by
+    length, slice it into batches, then shuffle the batches: batches stay random in content and
+    order while padding drops to the spread within a batch.
+    """
+    order = rng.permutation(len(lengths))
+    group = batch_size * group_batches
+    batches = []
+    for start in range(0, len(order), group):
+        chunk = order[start:start + group]
+        chunk = chunk[np.argsort(-lengths[chunk], kind="stable")]
+        batches.extend(chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size))
+    # A short final batch must stay last: the DataLoader cuts this order into batch_size slices.
+    tail = [batches.pop()] if len(batches[-1]) < batch_size else []
+    if batches:
+        # The longest batch goes first so an out-of-memory error shows at step one, not hours in.
+        longest = max(range(len(batches)), key=lambda b: lengths[batches[b]].max())
+        first = batches.pop(longest)
+        rng.shuffle(batches)
+        batches = [first] + batches
+    return np.concatenate(batches + tail)
+
+
+class ResumableSampler(Sampler[int]):
+    """This rank's share of the epoch's order, skipping what a resumed run already trained on.
+
+    With `lengths`, batches are length-grouped (grouped over the global batch, batch_size x
+    ranks, so every rank's batch holds neighbouring lengths); without, a plain shuffle. Like
+    DistributedSampler, the order is padded to a multiple of the rank count and rank r takes
+    every r-th index, so Lightning leaves it in place under DDP.
     """
 
-    def __init__(self, lengths: Sequence[int], batch_size: int, seed: int = 0, group_batches: int = 50):
-        self.lengths = np.asarray(lengths)
+    def __init__(self, num_examples: int, batch_size: int, seed: int, shuffle: bool = True,
+                 lengths: Optional[Sequence[int]] = None, num_replicas: int = 1, rank: int = 0,
+                 group_batches: int = 50):
+        self.num_examples = num_examples
         self.batch_size = batch_size
         self.seed = seed
+        self.shuffle = shuffle
+        self.lengths = None if lengths is None else np.asarray(lengths)
+        self.num_replicas = num_replicas
+        self.rank = rank
         self.group_batches = group_batches
         self.epoch = 0
+        self.num_samples = math.ceil(num_examples / num_replicas)
+        self._resume: Optional[tuple[int, int]] = None  # (epoch, batches already trained in it)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    def resume_at(self, epoch: int, batches_done: int) -> None:
+        self._resume = (int(epoch), int(batches_done))
+
     def __len__(self) -> int:
-        return len(self.lengths)
+        return self.num_samples
+
+    def epoch_order(self) -> np.ndarray:
+        """The global order of this epoch, before sharding."""
+        if not self.shuffle:
+            return np.arange(self.num_examples)
+        rng = np.random.default_rng((self.seed, self.epoch))
+        if self.lengths is None:
+            return rng.permutation(self.num_examples)
+        return length_grouped_order(self.lengths, self.batch_size * self.num_replicas, rng, self.group_batches)
 
     def __iter__(self) -> Iterator[int]:
-        rng = np.random.default_rng((self.seed, self.epoch))
-        order = rng.permutation(len(self.lengths))
-        group = self.batch_size * self.group_batches
-        batches = []
-        for start in range(0, len(order), group):
-            chunk = order[start:start + group]
-            chunk = chunk[np.argsort(-self.lengths[chunk], kind="stable")]
-            batches.extend(chunk[i:i + self.batch_size] for i in range(0, len(chunk), self.batch_size))
-        # A short final batch must stay last: the DataLoader cuts this order into batch_size slices.
-        tail = [batches.pop()] if len(batches[-1]) < self.batch_size else []
-        if batches:
-            # The longest batch goes first so an out-of-memory error shows at step one, not hours in.
-            longest = max(range(len(batches)), key=lambda b: self.lengths[batches[b]].max())
-            first = batches.pop(longest)
-            rng.shuffle(batches)
-            batches = [first] + batches
-        for batch in batches + tail:
-            yield from batch.tolist()
+        order = self.epoch_order()
+        padding = self.num_samples * self.num_replicas - len(order)
+        if padding:
+            order = np.concatenate([order, order[:padding]])
+        indices = order[self.rank::self.num_replicas].tolist()
+        if self._resume is not None:
+            epoch, batches_done = self._resume
+            self._resume = None  # applies to the interrupted epoch only
+            if epoch == self.epoch:
+                indices = indices[batches_done * self.batch_size:]
+        return iter(indices)

@@ -50,6 +50,8 @@ class SFTModule(L.LightningModule):
         self.head = build_head(task, self.backbone.config.hidden_size, label_names, **head_options)
         self.flops_per_batch = None  # set it (e.g. with lightning's measure_flops) to get MFU in the throughput logs
         self.train_metrics = self.head.make_metrics("train/")
+        # Saved in checkpoints, so an epoch resumed mid-way reports the same train metrics.
+        self.train_metrics.persistent(True)
         self.val_metrics = self.head.make_metrics("val/")
         self.test_metrics = self.head.make_metrics("test/", final=True)
 

@@ -1,0 +1,134 @@
+"""Callbacks that make a run resumable exactly, self-describing, and safe against non-finite losses."""
+
+from __future__ import annotations
+
+import logging
+import random
+from typing import Any, Optional
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback
+
+log = logging.getLogger("sft")
+
+
+class RNGState(Callback):
+    """Saves the Python, NumPy and torch (CPU and CUDA) random states in every checkpoint and puts
+    them back on resume, so dropout after a resume draws what the uninterrupted run would have."""
+
+    # Kept to tensors and plain Python values, so checkpoints still load with torch.load(weights_only=True).
+    def state_dict(self) -> dict[str, Any]:
+        version, python_state, gauss = random.getstate()
+        kind, keys, pos, has_gauss, cached_gauss = np.random.get_state(legacy=True)
+        state = {"python": [version, list(python_state), gauss],
+                 "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached_gauss],
+                 "torch": torch.get_rng_state()}
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        version, python_state, gauss = state_dict["python"]
+        random.setstate((version, tuple(python_state), gauss))
+        kind, keys, pos, has_gauss, cached_gauss = state_dict["numpy"]
+        np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached_gauss))
+        torch.set_rng_state(state_dict["torch"])
+        if "cuda" in state_dict and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state_dict["cuda"])
+
+
+class RunRecord(Callback):
+    """Writes the run's record (resolved config, command line, git commit, package versions) into
+    every checkpoint under the key `sft_run_record`."""
+
+    def __init__(self, record: dict[str, Any]):
+        self.record = record
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
+        checkpoint["sft_run_record"] = self.record
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced a NaN or infinite loss (or gradients)."""
+
+
+class NonFiniteLossGuard(Callback):
+    """Checks each optimizer step for a NaN/inf training loss or gradients.
+
+    action="stop": raise NonFiniteLossError naming the global step, epoch and batch; no update is
+    applied, and the checkpoints already on disk (last.ckpt, best.ckpt) are kept as they are.
+    action="skip": drop that step's gradients (no update), count it, warn, and go on.
+    The check runs on gradients after they are synced, so every DDP rank decides the same way.
+    """
+
+    ACTIONS = ("stop", "skip")
+
+    def __init__(self, action: str = "stop"):
+        if action not in self.ACTIONS:
+            raise ValueError(f"callbacks.nonfinite_guard.action={action!r} is not one of {self.ACTIONS}")
+        self.action = action
+        self.skipped = 0
+        self._batch_idx = 0
+        self._bad_loss: Optional[float] = None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        self._batch_idx = batch_idx
+
+    def on_before_backward(self, trainer, pl_module, loss: torch.Tensor) -> None:
+        if not torch.isfinite(loss.detach()).all():
+            self._bad_loss = float(loss.detach().float().mean())
+
+    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module, optimizer) -> None:
+        bad_loss, self._bad_loss = self._bad_loss, None
+        # fp16 loss scaling produces inf gradients on purpose (the scaler then skips the step).
+        check_grads = "16-mixed" not in str(trainer.precision) or "bf16" in str(trainer.precision)
+        bad_grads = check_grads and any(
+            p.grad is not None and not torch.isfinite(p.grad).all() for p in pl_module.parameters())
+        if bad_loss is None and not bad_grads:
+            return
+        what = f"train loss {bad_loss}" if bad_loss is not None else "non-finite gradients"
+        where = (f"at global step {trainer.global_step} (epoch {trainer.current_epoch}, batch {self._batch_idx} "
+                 f"of the epoch)")
+        if self.action == "stop":
+            raise NonFiniteLossError(
+                f"{what} {where}. Stopped without applying this update; the last good checkpoint is kept. "
+                "Lower optimizer.lr, check the data of that batch, or set callbacks.nonfinite_guard.action=skip.")
+        for p in pl_module.parameters():
+            p.grad = None
+        self.skipped += 1
+        log.warning("Skipped the optimizer update %s: %s (%d skipped so far)", where, what, self.skipped)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if self.skipped:
+            log.warning("%d optimizer updates were skipped for non-finite loss or gradients", self.skipped)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"skipped": self.skipped}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.skipped = state_dict.get("skipped", 0)
+
+
+class PeriodicCheckpoint(Callback):
+    """Writes `last.ckpt` every `every_n_train_steps` optimizer steps (None: never), so a killed run
+    loses at most that many steps. Kept apart from the best-checkpoint ModelCheckpoint, whose choice
+    of best.ckpt stays tied to validation (and so comes out the same after a resume)."""
+
+    def __init__(self, dirpath: str, every_n_train_steps: Optional[int] = None, filename: str = "last.ckpt"):
+        if every_n_train_steps is not None and int(every_n_train_steps) < 1:
+            raise ValueError(f"callbacks.periodic_checkpoint.every_n_train_steps={every_n_train_steps} must be "
+                             "a positive number of steps or null")
+        self.dirpath = dirpath
+        self.every_n_train_steps = every_n_train_steps
+        self.filename = filename
+        self._last_saved_step = -1
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        step = trainer.global_step
+        if (not self.every_n_train_steps or step == 0 or step % self.every_n_train_steps
+                or step == self._last_saved_step or trainer.sanity_checking):
+            return
+        self._last_saved_step = step
+        trainer.save_checkpoint(f"{self.dirpath}/{self.filename}")

@@ -1,0 +1,196 @@
+"""Resume, atomic checkpoints, run records, the NaN guard and config checks, in process on the tiny BERT."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from sft.callbacks.run_state import NonFiniteLossError
+from sft.cli import train
+from sft.tasks import ConfigError
+from tests.conftest import compose_config, tiny_overrides
+
+# 256 training records in batches of 16: 16 batches per epoch, so 18 steps cross an epoch boundary
+# and a stop at step 9 falls mid-epoch, with dropout on.
+RESUMABLE = ["trainer.max_steps=18", "trainer.max_epochs=5", "trainer.val_check_interval=4", "callbacks.early_stopping=null",
+             "callbacks.periodic_checkpoint.every_n_train_steps=3"]
+
+
+class Crash(Callback):
+    """Fails the run when it reaches `step`, as a crash would (after the checkpoint at that step)."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.step:
+            raise RuntimeError("simulated crash")
+
+
+class Final(Callback):
+    """Records the step training starts from and the parameters it ends with."""
+
+    def __init__(self):
+        self.start_step = None
+        self.params = None
+        self.batches: list[torch.Tensor] = []
+
+    def on_train_start(self, trainer, pl_module):
+        self.start_step = trainer.global_step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.batches.append(batch["input_ids"].clone())
+
+    def on_train_end(self, trainer, pl_module):
+        self.params = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
+
+
+def test_resume_is_exact(tiny_model_dir, sentiment_csv, tmp_path):
+    straight_probe = Final()
+    straight = train(compose_config("train", tiny_overrides(tiny_model_dir, sentiment_csv, RESUMABLE), tmp_path / "straight"),
+                     extra_callbacks=[straight_probe])
+
+    run_dir = tmp_path / "interrupted"
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(compose_config("train", tiny_overrides(tiny_model_dir, sentiment_csv, RESUMABLE), run_dir),
+              extra_callbacks=[Crash(step=9)])
+    assert not (run_dir / "metrics.json").exists()
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 9
+
+    resumed_probe = Final()
+    resumed_cfg = compose_config("train", tiny_overrides(tiny_model_dir, sentiment_csv, RESUMABLE + [f"resume={run_dir}"]),
+                                 run_dir)
+    resumed = train(resumed_cfg, extra_callbacks=[resumed_probe])
+
+    assert resumed_probe.start_step == 9
+    # The resumed run saw exactly the batches the uninterrupted one saw after step 9.
+    assert len(resumed_probe.batches) == 9
+    for mine, theirs in zip(resumed_probe.batches, straight_probe.batches[9:]):
+        assert torch.equal(mine, theirs)
+    assert resumed.keys() == straight.keys()
+    for key, value in straight.items():
+        assert resumed[key] == value, key
+    assert resumed_probe.params.keys() == straight_probe.params.keys()
+    for name, value in straight_probe.params.items():
+        assert torch.equal(resumed_probe.params[name], value), name
+    # Same directory, both launches recorded.
+    assert json.loads((run_dir / "metrics.json").read_text()) == pytest.approx(resumed)
+    launches = json.loads((run_dir / "run_record.json").read_text())["launches"]
+    assert len(launches) == 2 and launches[1]["resumed_from"].endswith("last.ckpt")
+
+
+def test_run_records_in_dir_and_checkpoint(make_train_cfg):
+    cfg = make_train_cfg(["trainer.max_steps=2", "trainer.val_check_interval=2"])
+    train(cfg)
+    run_dir = Path(cfg.paths.output_dir)
+    launch = json.loads((run_dir / "run_record.json").read_text())["launches"][0]
+    assert launch["packages"]["torch"] == torch.__version__.split("+")[0] or launch["packages"]["torch"].startswith("2.")
+    assert "lightning" in launch["packages"] and "transformers" in launch["packages"]
+    assert launch["command"] and launch["git"] is None or len(launch["git"]["commit"]) == 40
+    for name in ("last.ckpt", "best.ckpt"):
+        record = torch.load(run_dir / "checkpoints" / name, weights_only=True)["sft_run_record"]
+        assert record["config"]["optimizer"]["lr"] == cfg.optimizer.lr
+        assert record["packages"] == launch["packages"] and record["command"] == launch["command"]
+    assert "lr: 0.003" in (run_dir / "config.yaml").read_text()
+
+
+def test_resume_refuses_a_changed_group_and_missing_checkpoint(make_train_cfg, tmp_path):
+    with pytest.raises(ConfigError, match="resume=.*no config.yaml"):
+        train(make_train_cfg([f"resume={tmp_path / 'nothing'}"]))
+
+
+# -- atomic checkpoints ---------------------------------------------------------------------------
+SAVER = """
+import sys, torch
+from sft.checkpointing import atomic_torch_save
+i = 0
+while True:
+    i += 1
+    atomic_torch_save({"version": i, "weights": torch.full((1_000_000,), float(i))}, sys.argv[1])
+    print(i, flush=True)
+"""
+
+
+def test_kill_during_save_never_leaves_a_broken_checkpoint(tmp_path):
+    target = tmp_path / "last.ckpt"
+    for delay in (0.0, 0.011, 0.023):
+        proc = subprocess.Popen([sys.executable, "-c", SAVER, str(target)], stdout=subprocess.PIPE, text=True)
+        assert proc.stdout.readline().strip() == "1"  # one complete save, then kill during the following ones
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        checkpoint = torch.load(target, weights_only=True)
+        assert torch.equal(checkpoint["weights"], torch.full((1_000_000,), float(checkpoint["version"])))
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name != "last.ckpt"]
+    # A kill mid-save can leave only a hidden temporary file, never a damaged target.
+    assert all(name.startswith(".last.ckpt.") and name.endswith(".tmp") for name in leftovers)
+
+
+# -- guard rails ---------------------------------------------------------------------------------
+def _poison_batch(monkeypatch, batches: set[int]):
+    """Make the training loss NaN on the given batch indices."""
+    from sft.models.module import SFTModule
+
+    original = SFTModule.training_step
+
+    def training_step(self, batch, batch_idx):
+        loss = original(self, batch, batch_idx)
+        return loss * float("nan") if batch_idx in batches else loss
+
+    monkeypatch.setattr(SFTModule, "training_step", training_step)
+
+
+def test_nan_loss_stops_naming_step_and_batch(make_train_cfg, monkeypatch):
+    cfg = make_train_cfg(["trainer.max_steps=8", "callbacks.periodic_checkpoint.every_n_train_steps=2",
+                          "callbacks.early_stopping=null"])
+    _poison_batch(monkeypatch, {5})
+    with pytest.raises(NonFiniteLossError, match=r"train loss nan at global step 5 \(epoch 0, batch 5 of the epoch\)"):
+        train(cfg)
+    last = torch.load(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["global_step"] == 4
+    assert all(torch.isfinite(v).all() for v in last["state_dict"].values() if v.is_floating_point())
+
+
+def test_nan_loss_skipped_when_configured(make_train_cfg, monkeypatch):
+    cfg = make_train_cfg(["trainer.max_steps=6", "callbacks.nonfinite_guard.action=skip", "callbacks.early_stopping=null"])
+    _poison_batch(monkeypatch, {1, 3})
+    guard_seen = {}
+
+    class Count(Callback):
+        def on_train_end(self, trainer, pl_module):
+            guard_seen["skipped"] = next(c for c in trainer.callbacks if type(c).__name__ == "NonFiniteLossGuard").skipped
+            guard_seen["finite"] = all(torch.isfinite(p).all() for p in pl_module.parameters())
+
+    metrics = train(cfg, extra_callbacks=[Count()])
+    assert guard_seen == {"skipped": 2, "finite": True}
+    assert torch.isfinite(torch.tensor(metrics["test/loss"]))
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["scheduler.warmup_steps=50", "trainer.max_steps=20"], r"scheduler.warmup_steps=50 is not shorter than training \(trainer.max_steps=20\)"),
+    (["scheduler.warmup_ratio=1.5"], r"scheduler.warmup_ratio=1.5"),
+    (["monitor=val/accuracy"], r"monitor=val/accuracy is never logged.*val/acc"),
+    (["callbacks.early_stopping.monitor=val/f2"], r"callbacks.early_stopping.monitor=val/f2 is never logged"),
+    (["optimized_metric=test/auroc"], r"optimized_metric=test/auroc is not a metric"),
+    (["trainer.devices=4096"], r"trainer.devices=4096 asks for more devices"),
+    (["trainer.accelerator=gpu"] if not torch.cuda.is_available() else ["trainer.devices=4096", "trainer.accelerator=gpu"],
+     r"trainer\.(accelerator=gpu but no CUDA|devices=4096)"),
+])
+def test_bad_config_rejected_before_weights_load(make_train_cfg, monkeypatch, overrides, message):
+    import sft.models.module as module
+
+    def fail(*args, **kwargs):
+        raise AssertionError("weights were loaded")
+
+    monkeypatch.setattr(module, "load_text_encoder", fail)
+    with pytest.raises(ConfigError, match=message):
+        train(make_train_cfg(overrides))
