@@ -6,6 +6,7 @@ A pair that cannot work is refused here, before any weights or data load.
 
 TASK_MODALITY = {
     "text_classification": "text",
+    "causal_lm": "causal_lm",  # chat / instruction SFT needs a decoder with its LM head
 }
 
 

@@ -13,6 +13,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset
 
 from sft import assets
+from sft.data.chat import ChatProcessor
 from sft.data.sources import DataError, Table, read_table
 from sft.data.text_classification import TextClassificationProcessor
 from sft.tasks import TASK_MODALITY, ConfigError
@@ -20,6 +21,7 @@ from sft.tasks import TASK_MODALITY, ConfigError
 # The processor of each task: reads records of a Table, learns the label map from train, encodes.
 PROCESSORS = {
     "text_classification": TextClassificationProcessor,
+    "causal_lm": ChatProcessor,
 }
 
 log = logging.getLogger(__name__)
@@ -167,6 +169,9 @@ class SFTDataModule(L.LightningDataModule):
         if split not in self._encoded:
             self.label_names  # noqa: B018 - the label map must exist before encoding
             examples, report = self.processor.encode(self.tables()[split])
+            arrange = getattr(self.processor, "arrange", None)  # e.g. packing of training rows
+            if arrange is not None:
+                examples = arrange(split, examples)
             self._encoded[split] = EncodedDataset(examples)
             self.report[split] = report.as_dict()
             rank_zero_info(f"[data] {split}: {report.records} records, mean {report.as_dict()['mean_tokens']} tokens, "
@@ -182,11 +187,37 @@ class SFTDataModule(L.LightningDataModule):
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         hp = self.hparams
         batch_size = hp.batch_size if split == "train" else (hp.eval_batch_size or hp.batch_size)
+        supervised_count = getattr(self.processor, "supervised_count", None)
+        if split == "train" and supervised_count is not None:
+            return self._step_normalized_loader(supervised_count, batch_size, shuffle)
         return DataLoader(
             self.encoded(split), batch_size=batch_size, shuffle=shuffle, num_workers=hp.num_workers,
             collate_fn=self.processor.make_collator(hp.pad_to_multiple_of),
             pin_memory=torch.cuda.is_available(), persistent_workers=hp.num_workers > 0,
         )
+
+    def _step_normalized_loader(self, supervised_count, batch_size: int, shuffle: bool) -> DataLoader:
+        """Batches that carry their optimizer step's supervised-token count (token-mean loss per step)."""
+        from sft.data.packing import StepBatchSampler, StepNormalizedDataset
+
+        hp = self.hparams
+        dataset = self.encoded("train")
+        accumulate = self.trainer.accumulate_grad_batches if self.trainer is not None else 1
+        sampler = StepBatchSampler([supervised_count(item) for item in dataset.examples], batch_size, accumulate, shuffle)
+        return DataLoader(
+            StepNormalizedDataset(dataset), batch_sampler=sampler, num_workers=hp.num_workers,
+            collate_fn=self.processor.make_collator(hp.pad_to_multiple_of),
+            pin_memory=torch.cuda.is_available(), persistent_workers=hp.num_workers > 0,
+        )
+
+    def generation_examples(self, split: str, limit: int) -> list[dict]:
+        """Prompts and reference answers of the first `limit` records of a split (causal_lm)."""
+        return self.processor.generation_examples(self.tables()[split], limit)
+
+    def state_dict(self) -> dict:
+        # Saved in every checkpoint: e.g. the exact chat template and special tokens of a causal_lm run.
+        state = getattr(self.processor, "checkpoint_state", None)
+        return state() if state is not None else {}
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

@@ -104,8 +104,11 @@ class SequenceClassificationHead(nn.Module):
         return {"probabilities": probabilities, "prediction": probabilities.argmax(-1)}
 
 
+from sft.models.causal_lm import CausalLMHead  # noqa: E402 - registered next to the others
+
 HEADS = {
     "text_classification": SequenceClassificationHead,
+    "causal_lm": CausalLMHead,
 }
 
 
