@@ -198,6 +198,12 @@ class ChatProcessor:
         return {"chat_template": self.template, "end_of_turn_token": self.end_of_turn_token,
                 "special_tokens": {k: str(v) for k, v in self.tokenizer.special_tokens_map.items()}}
 
+    def restore_checkpoint_state(self, state: dict) -> None:
+        """Render with the template a checkpoint was trained with, whatever the config says now."""
+        self._template = None
+        self._template_option = state["chat_template"]
+        self.template  # noqa: B018 - sets it on the tokenizer too
+
     # -- the processor interface -------------------------------------------------------------------
     def fit(self, train: Table) -> list[str]:
         return self.label_names
@@ -240,7 +246,7 @@ class ChatProcessor:
         messages = to_messages(row, shape, where)
         text = self.render(messages)
         ids, offsets = self._tokenize(text, where)
-        spans = []  # (char start, char end, is assistant turn)
+        spans = []  # (char start, char end, role, trained) of each message's own text
         for i, message in enumerate(messages):
             upto = self.render(messages[: i + 1])
             if not text.startswith(upto):
@@ -256,19 +262,21 @@ class ChatProcessor:
             else:
                 start = len(self.render(messages[:i])) if i else 0
             end = len(upto.rstrip())  # whitespace after the end-of-turn token belongs to no turn
-            trained = message.get("train", True) is not False
-            if trained and (self.train_on_prompt or message["role"] == "assistant"):
-                spans.append((start, end, message["role"] == "assistant"))
-        labels = [IGNORE] * len(ids)
+            spans.append((start, end, message["role"], message.get("train", True) is not False))
+
+        def covered(start: int, end: int) -> list[int]:
+            return [k for k, (s, e) in enumerate(offsets) if e > s and s < end and e > start]
+
+        # train_on_prompt: every token but those of messages marked train: false; else assistant turns only.
+        labels = list(ids) if self.train_on_prompt else [IGNORE] * len(ids)
         turns = []
-        for start, end, is_assistant in spans:
-            covered = [k for k, (s, e) in enumerate(offsets) if e > s and s < end and e > start]
-            for k in covered:
-                labels[k] = ids[k]
-            if is_assistant and covered:
-                turns.append((covered[0], covered[-1] + 1))
-            elif is_assistant:
-                turns.append((len(ids), len(ids)))  # empty turn: the audit reports it
+        for start, end, role, trained in spans:
+            tokens = covered(start, end)
+            for k in tokens:
+                labels[k] = ids[k] if trained and (self.train_on_prompt or role == "assistant") else IGNORE
+            if role == "assistant" and trained:
+                # an empty turn (no token at all) is recorded empty, for the audit to report
+                turns.append((tokens[0], tokens[-1] + 1) if tokens else (len(ids), len(ids)))
         labels[0] = IGNORE  # nothing predicts the first token (so packed and unpacked rows agree)
         return Rendered(where, text, ids, labels, turns)
 

@@ -219,6 +219,11 @@ class SFTDataModule(L.LightningDataModule):
         state = getattr(self.processor, "checkpoint_state", None)
         return state() if state is not None else {}
 
+    def load_state_dict(self, state_dict: dict) -> None:
+        restore = getattr(self.processor, "restore_checkpoint_state", None)
+        if restore is not None and state_dict:
+            restore(state_dict)
+
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)
 
