@@ -201,7 +201,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     if checkpoint.get(type(datamodule).__qualname__):  # e.g. the chat template a causal_lm run trained with
         datamodule.load_state_dict(checkpoint[type(datamodule).__qualname__])
 
-    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, logger=instantiate_group(cfg.get("logger")) or False)
+    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, logger=instantiate_group(cfg.get("logger")) or False,
+                                                 callbacks=instantiate_group(cfg.get("callbacks")))
     trainer.test(module, datamodule=datamodule)
     metrics = _floats(trainer.callback_metrics)
     write_metrics(run_dir / "metrics.json", metrics)

@@ -51,7 +51,9 @@ class CausalLMHead(nn.Module):
 
     def features(self, backbone: nn.Module, batch: dict) -> dict:
         """Hidden states of the decoder, projected to the vocabulary at supervised positions only."""
-        hidden = backbone.get_decoder()(**decoder_inputs(batch)).last_hidden_state
+        # No KV cache: with one, transformers skips the per-example mask of packed rows and lets
+        # every token attend across example boundaries.
+        hidden = backbone.get_decoder()(**decoder_inputs(batch), use_cache=False).last_hidden_state
         targets = batch["labels"][:, 1:]
         keep = targets != IGNORE
         selected = hidden[:, :-1][keep]

@@ -36,6 +36,8 @@ class SFTModule(L.LightningModule):
     ):
         super().__init__()
         check_task_model(task, modality)  # before any weights load
+        if lora:  # plain data (not a DictConfig), so checkpoints load with torch.load(weights_only=True)
+            lora = {str(k): (v if isinstance(v, (str, int, float, bool)) or v is None else list(v)) for k, v in lora.items()}
         label_names = [str(n) for n in label_names]
         self.save_hyperparameters(ignore=["optimizer", "scheduler", "load_weights"], logger=False)
         self.optimizer_factory = optimizer
