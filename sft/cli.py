@@ -21,7 +21,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from sft.tasks import check_task_model
+from sft.tasks import ConfigError, check_task_model
 
 log = logging.getLogger("sft")
 
@@ -207,6 +207,9 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     metrics = _floats(trainer.callback_metrics)
     write_metrics(run_dir / "metrics.json", metrics)
     if cfg.get("predictions_file"):
+        if module.hparams.task == "causal_lm":
+            raise ConfigError("predictions_file is for classification; for causal_lm use callbacks=generate "
+                              "(answers go to TensorBoard) or export_dir and generate from the export")
         write_predictions(trainer, module, datamodule, Path(cfg.predictions_file))
     if cfg.get("export_dir"):
         from sft.export import export_causal_lm, export_module

@@ -78,7 +78,9 @@ class CausalLMCollator:
             if packed:
                 position_ids[row, :n] = torch.as_tensor(item["position_ids"])
                 position_ids[row, n:] = torch.arange(width - n)
-        batch = {"input_ids": input_ids, "labels": labels}
+        # real (non-padding) tokens, for throughput figures
+        batch = {"input_ids": input_ids, "labels": labels,
+                 "num_tokens": torch.tensor(sum(len(item["input_ids"]) for item in items))}
         if packed:
             batch["position_ids"] = position_ids
         else:
