@@ -204,3 +204,16 @@ def test_lora_trains_only_adapters_and_merged_export_generates_the_same(tiny_lla
         ours = trained.backbone.generate(input_ids=prompts, max_new_tokens=8, do_sample=False, min_new_tokens=8)
         theirs = merged.generate(input_ids=prompts, max_new_tokens=8, do_sample=False, min_new_tokens=8)
     assert ours.tolist() == theirs.tolist()
+
+
+def test_gradient_checkpointing_gives_the_same_gradient(tiny_llama_dir, tmp_path):  # noqa: F811
+    dm = datamodule(tiny_llama_dir, varied_jsonl(tmp_path / "d.jsonl"))
+    batch = CausalLMCollator(dm.tokenizer.pad_token_id, 8)(dm.encoded("train").examples[:6])
+    grads = []
+    for checkpointing in (False, True):
+        m = module(tiny_llama_dir, gradient_checkpointing=checkpointing)
+        assert m.backbone.is_gradient_checkpointing == checkpointing
+        m.head.loss(m(batch), batch).backward()
+        grads.append({k: p.grad for k, p in m.backbone.named_parameters()})
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], msg=name)
