@@ -34,7 +34,7 @@ def test_smollm2_template_eos_and_masks():
 
 def test_smollm2_few_steps_lower_the_loss(tmp_path):
     path = tmp_path / "qa.jsonl"
-    path.write_text("".join(json.dumps({"prompt": q, "completion": a}) + "\n" for q, a in QUESTIONS * 2))
+    path.write_text("".join(json.dumps({"prompt": q, "completion": a}) + "\n" for q, a in QUESTIONS + QUESTIONS[:2]))
     losses = []
 
     from lightning.pytorch.callbacks import Callback
@@ -45,10 +45,10 @@ def test_smollm2_few_steps_lower_the_loss(tmp_path):
 
     cfg = compose_config("train", [
         "data=chat", "model=causal_lm", f"data.train_file={path}", "data.val_fraction=0.1", "data.test_fraction=0.1",
-        "data.batch_size=5", "data.max_length=64", "trainer.accelerator=cpu", "trainer.max_epochs=3",
+        "data.batch_size=3", "data.max_length=64", "trainer.accelerator=cpu", "trainer.max_epochs=2",
         "trainer.limit_val_batches=0", "trainer.num_sanity_val_steps=0", "optimizer.lr=1e-4", "scheduler=constant",
         "callbacks=none", "logger=none", "test=false", "extras.print_config=false",
     ], tmp_path / "run")
     train(cfg, extra_callbacks=[Record()])
-    assert len(losses) == 6, losses  # 10 training records, batches of 5, 3 epochs
+    assert len(losses) == 4, losses  # 6 training records, batches of 3, 2 epochs (each sees all 6)
     assert sum(losses[-2:]) < 0.8 * sum(losses[:2]), losses

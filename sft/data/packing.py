@@ -3,7 +3,8 @@
 Packing puts several examples into one row of at most `max_length` tokens (best-fit
 decreasing). Each example keeps its own position ids, restarting at 0; the collator then
 passes `position_ids` and no attention mask, from which transformers (5.x) builds a mask that
-keeps attention inside each example (see tests/test_chat_training.py for the check).
+keeps attention inside each example -- but only when the forward runs without a KV cache,
+which is why the causal-LM head passes use_cache=False (tests/test_chat_training.py checks it).
 
 Loss normalization: the loss of an optimizer step is the mean over the supervised tokens of
 all its micro-batches. `StepBatchSampler` knows which micro-batches form a step, so each batch
