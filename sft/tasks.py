@@ -9,6 +9,7 @@ TASK_MODALITY = {
     "multilabel_classification": "text",
     "text_regression": "text",
     "token_classification": "text",
+    "causal_lm": "causal_lm",  # chat / instruction SFT needs a decoder with its LM head
 }
 
 # The validation metric that picks the best checkpoint of each task, and its better direction

@@ -85,3 +85,13 @@ def test_every_user_facing_key_is_commented(path):
         if "#" not in value:
             uncommented.append(f"{path.name}:{number}: {stripped}")
     assert not uncommented, "keys without a comment:\n" + "\n".join(uncommented)
+
+
+@pytest.mark.parametrize("experiment", sorted(p.stem for p in (CONF / "experiment").glob("*.yaml")))
+def test_experiment_monitor_is_a_metric_the_run_logs(experiment, tmp_path):
+    """The monitor of every shipped recipe passes the pre-flight check (metrics logged by
+    callbacks, like generation's exact match, count)."""
+    from sft import runs
+
+    cfg = compose_config("train", REQUIRED["experiment"] + [f"experiment={experiment}"], tmp_path)
+    runs.validate_monitor(cfg, ["B-X", "I-X", "O"])

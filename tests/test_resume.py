@@ -186,11 +186,13 @@ def test_nan_loss_skipped_when_configured(make_train_cfg, monkeypatch):
      r"trainer\.(accelerator=gpu but no CUDA|devices=4096)"),
 ])
 def test_bad_config_rejected_before_weights_load(make_train_cfg, monkeypatch, overrides, message):
-    import sft.models.module as module
 
     def fail(*args, **kwargs):
         raise AssertionError("weights were loaded")
 
-    monkeypatch.setattr(module, "load_text_encoder", fail)
+    from sft.models.backbones import BACKBONES
+
+    for modality in list(BACKBONES):  # every backbone loader the module may pick
+        monkeypatch.setitem(BACKBONES, modality, fail)
     with pytest.raises(ConfigError, match=message):
         train(make_train_cfg(overrides))

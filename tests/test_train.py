@@ -146,12 +146,13 @@ def test_resume_continues_at_same_step(make_train_cfg, tmp_path):
 
 
 def test_incompatible_pair_refused_before_weights_load(make_train_cfg, monkeypatch):
-    import sft.models.module as module
+    from sft.models.backbones import BACKBONES
 
     def fail(*args, **kwargs):
         raise AssertionError("weights were loaded")
 
-    monkeypatch.setattr(module, "load_text_encoder", fail)
+    for modality in list(BACKBONES):  # every backbone loader the module may pick
+        monkeypatch.setitem(BACKBONES, modality, fail)
     with pytest.raises(ConfigError, match="needs a text backbone"):
         train(make_train_cfg(["model.modality=image"]))
 

@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from sft import assets
 from sft.data.samplers import ResumableSampler
+from sft.data.chat import ChatProcessor
 from sft.data.sources import DataError, Table, read_table
 from sft.data.multilabel import MultiLabelProcessor
 from sft.data.regression import RegressionProcessor
@@ -27,6 +28,7 @@ PROCESSORS = {
     "multilabel_classification": MultiLabelProcessor,
     "text_regression": RegressionProcessor,
     "token_classification": TokenClassificationProcessor,
+    "causal_lm": ChatProcessor,
 }
 
 log = logging.getLogger(__name__)
@@ -186,6 +188,9 @@ class SFTDataModule(L.LightningDataModule):
         if split not in self._encoded:
             self.label_names  # noqa: B018 - the label map must exist before encoding
             examples, report = self.processor.encode(self.tables()[split])
+            arrange = getattr(self.processor, "arrange", None)  # e.g. packing of training rows
+            if arrange is not None:
+                examples = arrange(split, examples)
             self._encoded[split] = EncodedDataset(examples)
             self.report[split] = report.as_dict()
             rank_zero_info(f"[data] {split}: {report.records} records, mean {report.as_dict()['mean_tokens']} tokens, "
@@ -215,7 +220,29 @@ class SFTDataModule(L.LightningDataModule):
         # The run's seed (seed_everything records it for every rank), as Lightning's own samplers use it.
         return int(os.environ.get("PL_GLOBAL_SEED", 0))
 
+    def _step_normalized_loader(self, supervised_count, batch_size: int, shuffle: bool) -> DataLoader:
+        """Batches that carry their optimizer step's supervised-token count (token-mean loss per step)."""
+        from sft.data.packing import StepBatchSampler, StepNormalizedDataset
+
+        hp = self.hparams
+        dataset = self.encoded("train")
+        accumulate = self.trainer.accumulate_grad_batches if self.trainer is not None else 1
+        sampler = StepBatchSampler([supervised_count(item) for item in dataset.examples], batch_size, accumulate, shuffle)
+        return DataLoader(
+            StepNormalizedDataset(dataset), batch_sampler=sampler, num_workers=hp.num_workers,
+            collate_fn=self.processor.make_collator(hp.pad_to_multiple_of),
+            pin_memory=torch.cuda.is_available(), persistent_workers=hp.num_workers > 0,
+        )
+
+    def generation_examples(self, split: str, limit: int) -> list[dict]:
+        """Prompts and reference answers of the first `limit` records of a split (causal_lm)."""
+        return self.processor.generation_examples(self.tables()[split], limit)
+
+
     def train_dataloader(self) -> DataLoader:
+        supervised_count = getattr(self.processor, "supervised_count", None)
+        if supervised_count is not None:  # causal_lm: each batch carries its optimizer step's token count
+            return self._step_normalized_loader(supervised_count, self.hparams.batch_size, shuffle=True)
         trainer = self.trainer
         dataset = self.encoded("train")
         # The shuffled order depends on (seed, epoch) only, and its position is saved in checkpoints.
@@ -229,16 +256,22 @@ class SFTDataModule(L.LightningDataModule):
             self._resume_order = None
         return self._loader("train", sampler=self._train_sampler)
 
-    # -- checkpoint state: where in the epoch's data order training stands ------------------------
+    # -- checkpoint state: the processor's (e.g. a causal_lm run's exact chat template and special
+    # tokens) and where in the epoch's data order training stands ---------------------------------
     def state_dict(self) -> dict:
+        processor_state = getattr(self.processor, "checkpoint_state", None)
+        state = {"processor": processor_state()} if processor_state is not None else {}
         trainer = self.trainer
-        if self._train_sampler is None or trainer is None:
-            return {}
-        return {"train_order": {"epoch": self._train_sampler.epoch,
-                                "batches_done": trainer.fit_loop.epoch_loop.batch_progress.current.processed}}
+        if self._train_sampler is not None and trainer is not None:
+            state["train_order"] = {"epoch": self._train_sampler.epoch,
+                                    "batches_done": trainer.fit_loop.epoch_loop.batch_progress.current.processed}
+        return state
 
     def load_state_dict(self, state_dict: dict) -> None:
         self._resume_order = state_dict.get("train_order")
+        restore = getattr(self.processor, "restore_checkpoint_state", None)
+        if restore is not None and state_dict.get("processor"):
+            restore(state_dict["processor"])
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val")

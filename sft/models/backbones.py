@@ -26,3 +26,16 @@ def load_text_encoder(pretrained: str, trust_remote_code: bool = False, load_wei
     if getattr(model, "pooler", None) is not None:
         model.pooler = None
     return model
+
+
+def _load_causal_lm(*args, **kwargs) -> nn.Module:
+    from sft.models.causal_lm import load_causal_lm
+
+    return load_causal_lm(*args, **kwargs)
+
+
+# The loader of each backbone modality (model.modality), all with the signature of load_text_encoder.
+BACKBONES = {
+    "text": load_text_encoder,
+    "causal_lm": _load_causal_lm,
+}

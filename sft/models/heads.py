@@ -112,12 +112,14 @@ class SequenceClassificationHead(nn.Module):
 from sft.models.multilabel_head import MultiLabelHead  # noqa: E402
 from sft.models.regression_head import RegressionHead  # noqa: E402
 from sft.models.token_head import TokenClassificationHead  # noqa: E402
+from sft.models.causal_lm import CausalLMHead  # noqa: E402
 
 HEADS = {
     "text_classification": SequenceClassificationHead,
     "multilabel_classification": MultiLabelHead,
     "text_regression": RegressionHead,
     "token_classification": TokenClassificationHead,
+    "causal_lm": CausalLMHead,
 }
 
 

@@ -7,7 +7,7 @@ from typing import Callable, Optional, Sequence
 import lightning as L
 import torch
 
-from sft.models.backbones import load_text_encoder
+from sft.models.backbones import BACKBONES
 from sft.models.heads import build_head
 from sft.optim import parameter_groups
 from sft.tasks import ConfigError, check_task_model, plain
@@ -30,10 +30,14 @@ class SFTModule(L.LightningModule):
         optimizer: Optional[Callable] = None,
         scheduler: Optional[Callable] = None,
         load_weights: bool = True,
+        lora: Optional[dict] = None,
+        gradient_checkpointing: bool = False,
         **head_options,
     ):
         super().__init__()
         check_task_model(task, modality)  # before any weights load
+        if lora:  # plain data (not a DictConfig), so checkpoints load with torch.load(weights_only=True)
+            lora = {str(k): (v if isinstance(v, (str, int, float, bool)) or v is None else list(v)) for k, v in lora.items()}
         label_names = [str(n) for n in label_names]
         # Plain lists and dicts (not OmegaConf containers), so checkpoints load with weights_only.
         head_options = {key: plain(value) for key, value in head_options.items()}
@@ -42,13 +46,21 @@ class SFTModule(L.LightningModule):
         self.scheduler_factory = scheduler
         self.label_names = label_names
 
-        self.backbone = load_text_encoder(pretrained, trust_remote_code, load_weights, attn_implementation)
+        self.backbone = BACKBONES[modality](pretrained, trust_remote_code, load_weights, attn_implementation)
+        if gradient_checkpointing:  # recompute activations in backward: less memory, ~30% more compute
+            self.backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            self.backbone.config.use_cache = False
         # from_pretrained returns eval mode, and Lightning keeps the modes it finds: train with dropout on.
         self.backbone.train()
         if freeze_backbone:
             self.backbone.requires_grad_(False)
         self.head = build_head(task, self.backbone.config.hidden_size, label_names, **head_options)
         self.flops_per_batch = None  # set it (e.g. with lightning's measure_flops) to get MFU in the throughput logs
+        if lora:  # peft LoRA adapters: the backbone's own weights freeze, only adapters (and the head) train
+            from sft.models.causal_lm import apply_lora
+
+            self.backbone = apply_lora(self.backbone, lora, getattr(self.head, "peft_task_type", None))
+            self.strict_loading = False  # adapter-only checkpoints (see on_save_checkpoint)
         self.train_metrics = self.head.make_metrics("train/")
         # Saved in checkpoints, so an epoch resumed mid-way reports the same train metrics.
         self.train_metrics.persistent(True)
@@ -57,6 +69,9 @@ class SFTModule(L.LightningModule):
 
     # -- forward ---------------------------------------------------------------------------
     def forward(self, batch: dict) -> torch.Tensor:
+        features = getattr(self.head, "features", None)  # heads that drive the backbone themselves (causal LM)
+        if features is not None:
+            return self.head(features(self.backbone, batch), batch)
         inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
         return self.head(self.backbone(**inputs).last_hidden_state, batch)
 
@@ -100,6 +115,13 @@ class SFTModule(L.LightningModule):
         if "labels" in batch:
             out["labels"] = batch["labels"]
         return out
+
+    # -- checkpoints -----------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self.hparams.get("lora"):  # LoRA: save what trains (adapters, head), not the frozen base weights
+            trainable = {name for name, p in self.named_parameters() if p.requires_grad}
+            checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
+            checkpoint["adapter_only"] = True
 
     # -- optimization ----------------------------------------------------------------------
     def configure_optimizers(self):

@@ -1,0 +1,374 @@
+"""Processor for causal-LM SFT: records in four shapes -> token ids + labels masked by turn.
+
+Shapes (detected from a file's first record, or declared with `data.format`):
+    messages           {"messages": [{"role": "system|user|assistant", "content": "...", "train": bool?}, ...]}
+    prompt_completion  {"prompt": "...", "completion": "..."}
+    alpaca             {"instruction": "...", "input": "..." (optional), "output": "..."}
+    text               {"text": "..."}   (continued pre-training: every token supervised)
+
+Labels come from character offsets of the rendered template, never from searching for a
+response string: the template is rendered for each prefix of the conversation, and the text
+an assistant turn adds (its content and end-of-turn token) is the span between
+render(turns before it, add_generation_prompt=True) and render(turns up to it). Tokens whose
+offsets fall in such a span are supervised. This needs no `{% generation %}` marker.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from sft.data.sources import DataError, Table
+from sft.tasks import ConfigError
+
+log = logging.getLogger(__name__)
+
+IGNORE = -100
+FORMATS = ("messages", "prompt_completion", "alpaca", "text")
+FORMAT_FIELDS = {  # the fields that identify a shape, in detection order
+    "messages": ("messages",),
+    "prompt_completion": ("prompt", "completion"),
+    "alpaca": ("instruction", "output"),
+    "text": ("text",),
+}
+ROLES = ("system", "user", "assistant")
+TRUNCATIONS = ("keep_start", "drop", "error")
+
+
+class TemplateError(DataError):
+    """The chat template renders in a way labels cannot be derived from (names the example)."""
+
+
+@dataclass
+class ChatReport:
+    """What encoding did to one split: counted, never silent."""
+
+    records: int = 0
+    tokens: int = 0
+    supervised_tokens: int = 0
+    truncated: int = 0            # examples cut to max_length (keep_start)
+    truncated_tokens: int = 0     # tokens those cuts removed
+    dropped_too_long: int = 0     # examples dropped for length (truncation=drop)
+    dropped_unsupervised: int = 0  # examples that kept no supervised token after truncation
+    format: str = ""
+
+    def as_dict(self) -> dict:
+        kept = self.records - self.dropped_too_long - self.dropped_unsupervised
+        return {"records": self.records, "kept": kept, "format": self.format, "tokens": self.tokens,
+                "supervised_tokens": self.supervised_tokens,
+                "mean_tokens": round(self.tokens / max(kept, 1), 1),
+                "truncated": self.truncated, "truncated_tokens": self.truncated_tokens,
+                "dropped_too_long": self.dropped_too_long, "dropped_unsupervised": self.dropped_unsupervised}
+
+
+@dataclass
+class Rendered:
+    """One example rendered and tokenized, before truncation."""
+
+    where: str
+    text: str
+    input_ids: list[int]
+    labels: list[int]
+    # (start, end) token ranges of supervised assistant turns, to check each ends with end-of-turn
+    turns: list[tuple[int, int]] = field(default_factory=list)
+
+    @property
+    def supervised(self) -> int:
+        return sum(1 for label in self.labels if label != IGNORE)
+
+
+def load_template(chat_template: Optional[str], tokenizer) -> str:
+    """`data.chat_template`: a file path or a Jinja string; None takes the tokenizer's own."""
+    if chat_template is None:
+        template = getattr(tokenizer, "chat_template", None)
+        if isinstance(template, dict):  # several named templates: the default one
+            template = template.get("default")
+        if not template:
+            raise ConfigError("the tokenizer has no chat template; set data.chat_template to a Jinja string "
+                              "or a template file")
+        return template
+    path = Path(chat_template)
+    if "{" not in chat_template and len(chat_template) < 4096:
+        if not path.is_file():
+            raise ConfigError(f"data.chat_template={chat_template!r}: no such file, and not a Jinja template "
+                              "(a template contains '{{' or '{%')")
+        return path.read_text(encoding="utf-8")
+    return chat_template
+
+
+def detect_format(table: Table) -> str:
+    row = table.rows[0]
+    for name, fields in FORMAT_FIELDS.items():
+        if all(f in row for f in fields):
+            return name
+    raise DataError(f"{table.where(0)}: the record fits no data shape (fields seen: {sorted(row)}); expected "
+                    + "; ".join(f"{n}: {', '.join(f)}" for n, f in FORMAT_FIELDS.items())
+                    + ". Or declare data.format")
+
+
+def _text(row: dict, key: str, where: str, shape: str, optional: bool = False) -> str:
+    value = row.get(key)
+    if value is None and optional:
+        return ""
+    if not isinstance(value, str):
+        raise DataError(f"{where}: field {key!r} is {'missing' if value is None else type(value).__name__}; the "
+                        f"{shape} shape needs a string there (fields seen: {sorted(row)})")
+    return value
+
+
+def to_messages(row: dict, shape: str, where: str) -> list[dict]:
+    """A record of any chat shape as a list of {role, content, train?} messages."""
+    missing = [f for f in FORMAT_FIELDS[shape] if f not in row]
+    if missing:
+        raise DataError(f"{where}: the record does not fit the {shape} shape: no field {missing[0]!r} "
+                        f"(fields seen: {sorted(row)})")
+    if shape == "prompt_completion":
+        return [{"role": "user", "content": _text(row, "prompt", where, shape)},
+                {"role": "assistant", "content": _text(row, "completion", where, shape)}]
+    if shape == "alpaca":
+        instruction = _text(row, "instruction", where, shape)
+        extra = _text(row, "input", where, shape, optional=True)
+        return [{"role": "user", "content": instruction + (f"\n\n{extra}" if extra.strip() else "")},
+                {"role": "assistant", "content": _text(row, "output", where, shape)}]
+    messages = row["messages"]
+    if not isinstance(messages, list) or not messages:
+        raise DataError(f"{where}: field 'messages' must be a non-empty list of {{role, content}} objects")
+    out = []
+    for k, message in enumerate(messages):
+        if not isinstance(message, dict) or message.get("role") not in ROLES or not isinstance(message.get("content"), str):
+            raise DataError(f"{where}: messages[{k}] must be an object with role in {ROLES} and string content; "
+                            f"got {message!r:.120}")
+        out.append({"role": message["role"], "content": message["content"], "train": message.get("train", True)})
+    if not any(m["role"] == "assistant" for m in out):
+        raise DataError(f"{where}: the conversation has no assistant message; nothing to learn from it")
+    return out
+
+
+class ChatProcessor:
+    """Processor for `task=causal_lm` (see the module docstring for shapes and masking)."""
+
+    def __init__(self, tokenizer, max_length: int = 1024, format: Optional[str] = None,
+                 chat_template: Optional[str] = None, train_on_prompt: bool = False,
+                 truncation: str = "keep_start", end_of_turn_token: Optional[str] = None,
+                 packing: bool = False, audit_examples: int = 2, label_names=None,
+                 text_column: str = "text", text_pair_column=None, label_column=None):
+        if format is not None and format not in FORMATS:
+            raise ConfigError(f"data.format={format!r} is not one of {FORMATS} (or null to detect it)")
+        if truncation not in TRUNCATIONS:
+            raise ConfigError(f"data.truncation={truncation!r} is not one of {TRUNCATIONS}")
+        if not getattr(tokenizer, "is_fast", False):
+            raise ConfigError("causal_lm needs a fast tokenizer (token offsets come from it)")
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.format = format
+        self.train_on_prompt = train_on_prompt
+        self.truncation = truncation
+        self.packing = packing
+        self.audit_examples = audit_examples
+        self.label_names: list[str] = []  # no label map: the vocabulary is the label space
+        self._template_option = chat_template
+        self._template: Optional[str] = None
+        eot = end_of_turn_token or tokenizer.eos_token
+        if eot is None:
+            raise ConfigError("the tokenizer has no EOS token; set data.end_of_turn_token to the token that ends a turn")
+        self.end_of_turn_id = tokenizer.convert_tokens_to_ids(eot)
+        if self.end_of_turn_id is None or self.end_of_turn_id == tokenizer.unk_token_id:
+            raise ConfigError(f"end-of-turn token {eot!r} is not in the tokenizer's vocabulary")
+        self.end_of_turn_token = eot
+
+    # -- template ---------------------------------------------------------------------------------
+    @property
+    def template(self) -> str:
+        if self._template is None:
+            self._template = load_template(self._template_option, self.tokenizer)
+            # The tokenizer carries the template from here on, so every save_pretrained stores it.
+            self.tokenizer.chat_template = self._template
+        return self._template
+
+    def render(self, messages: list[dict], add_generation_prompt: bool = False) -> str:
+        plain = [{"role": m["role"], "content": m["content"]} for m in messages]
+        return self.tokenizer.apply_chat_template(plain, chat_template=self.template, tokenize=False,
+                                                  add_generation_prompt=add_generation_prompt)
+
+    def checkpoint_state(self) -> dict:
+        """What a checkpoint records so the run can be reproduced at inference: the exact template
+        and the special tokens."""
+        return {"chat_template": self.template, "end_of_turn_token": self.end_of_turn_token,
+                "special_tokens": {k: str(v) for k, v in self.tokenizer.special_tokens_map.items()}}
+
+    def restore_checkpoint_state(self, state: dict) -> None:
+        """Render with the template a checkpoint was trained with, whatever the config says now."""
+        self._template = None
+        self._template_option = state["chat_template"]
+        self.template  # noqa: B018 - sets it on the tokenizer too
+
+    # -- the processor interface -------------------------------------------------------------------
+    def fit(self, train: Table) -> list[str]:
+        return self.label_names
+
+    def make_collator(self, pad_to_multiple_of: Optional[int]):
+        from sft.data.packing import CausalLMCollator
+
+        return CausalLMCollator(self.tokenizer.pad_token_id, pad_to_multiple_of)
+
+    def shape_of(self, table: Table) -> str:
+        return self.format or detect_format(table)
+
+    # -- encoding -------------------------------------------------------------------------------------
+    def _tokenize(self, text: str, where: str) -> tuple[list[int], list[tuple[int, int]]]:
+        encoded = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        ids, offsets = list(encoded["input_ids"]), list(encoded["offset_mapping"])
+        bos = self.tokenizer.bos_token_id
+        if bos is not None and self._adds_bos() and (not ids or ids[0] != bos):
+            ids, offsets = [bos] + ids, [(0, 0)] + offsets
+        if bos is not None and len(ids) > 1 and ids[0] == bos and ids[1] == bos:
+            raise TemplateError(f"{where}: the rendered example starts with two BOS tokens; the chat template "
+                                "already writes bos_token, so it must not be added again")
+        return ids, offsets
+
+    def _adds_bos(self) -> bool:
+        """Whether the tokenizer puts BOS in front of plain text (then a template without it gets one)."""
+        if not hasattr(self, "_adds_bos_cache"):
+            probe = self.tokenizer("a", add_special_tokens=True)["input_ids"]
+            self._adds_bos_cache = bool(probe) and probe[0] == self.tokenizer.bos_token_id
+        return self._adds_bos_cache
+
+    def render_example(self, row: dict, shape: str, where: str) -> Rendered:
+        if shape == "text":
+            text = _text(row, "text", where, shape)
+            ids, _ = self._tokenize(text, where)
+            if not ids or ids[-1] != self.end_of_turn_id:
+                ids = ids + [self.end_of_turn_id]  # a document ends with EOS, and EOS is learned
+            labels = [IGNORE] + ids[1:]
+            return Rendered(where, text + self.end_of_turn_token, ids, labels, [(1, len(ids))])
+        messages = to_messages(row, shape, where)
+        text = self.render(messages)
+        ids, offsets = self._tokenize(text, where)
+        spans = []  # (char start, char end, role, trained) of each message's own text
+        for i, message in enumerate(messages):
+            upto = self.render(messages[: i + 1])
+            if not text.startswith(upto):
+                raise TemplateError(f"{where}: the chat template renders messages[{i}] differently when later "
+                                    "messages follow, so labels cannot be taken from offsets; use a template that "
+                                    "renders each turn the same way (data.chat_template)")
+            if message["role"] == "assistant":
+                prompt = self.render(messages[:i], add_generation_prompt=True) if i else ""
+                if not upto.startswith(prompt):
+                    raise TemplateError(f"{where}: the template's generation prompt for messages[{i}] is not a prefix "
+                                        "of the rendered conversation; labels cannot be taken from offsets")
+                start = len(prompt)
+            else:
+                start = len(self.render(messages[:i])) if i else 0
+            end = len(upto.rstrip())  # whitespace after the end-of-turn token belongs to no turn
+            spans.append((start, end, message["role"], message.get("train", True) is not False))
+
+        def covered(start: int, end: int) -> list[int]:
+            return [k for k, (s, e) in enumerate(offsets) if e > s and s < end and e > start]
+
+        # train_on_prompt: every token but those of messages marked train: false; else assistant turns only.
+        labels = list(ids) if self.train_on_prompt else [IGNORE] * len(ids)
+        turns = []
+        for start, end, role, trained in spans:
+            tokens = covered(start, end)
+            for k in tokens:
+                labels[k] = ids[k] if trained and (self.train_on_prompt or role == "assistant") else IGNORE
+            if role == "assistant" and trained:
+                # an empty turn (no token at all) is recorded empty, for the audit to report
+                turns.append((tokens[0], tokens[-1] + 1) if tokens else (len(ids), len(ids)))
+        labels[0] = IGNORE  # nothing predicts the first token (so packed and unpacked rows agree)
+        return Rendered(where, text, ids, labels, turns)
+
+    # -- audit ------------------------------------------------------------------------------------------
+    def check_example(self, item: Rendered) -> None:
+        """Fail fast, naming the example, when it would teach nothing or never teach stopping."""
+        if item.supervised == 0:
+            raise DataError(f"{item.where}: no supervised token (empty assistant turns, or every turn marked "
+                            f"train: false); rendered as:\n{item.text}")
+        for start, end in item.turns:
+            if end <= start:
+                raise DataError(f"{item.where}: an assistant turn renders to no token at all (empty content and no "
+                                f"end-of-turn); rendered as:\n{item.text}")
+            if item.input_ids[end - 1] != self.end_of_turn_id:
+                raise DataError(
+                    f"{item.where}: the assistant turn ending at token {end} is not followed by a supervised "
+                    f"end-of-turn token {self.end_of_turn_token!r}, so the model would never learn to stop. The chat "
+                    f"template drops it, or data.end_of_turn_token names the wrong token; rendered as:\n{item.text}")
+
+    def marked(self, input_ids: list[int], labels: list[int], left: str = "[[", right: str = "]]") -> str:
+        """The example's text with supervised spans between `left` and `right`."""
+        pieces, run, supervised = [], [], False
+        for token, label in zip(input_ids, labels):
+            now = label != IGNORE
+            if now != supervised and run:
+                text = self.tokenizer.decode(run)
+                pieces.append(f"{left}{text}{right}" if supervised else text)
+                run = []
+            supervised = now
+            run.append(token)
+        if run:
+            text = self.tokenizer.decode(run)
+            pieces.append(f"{left}{text}{right}" if supervised else text)
+        return "".join(pieces)
+
+    def encode(self, table: Table) -> tuple[list[dict], ChatReport]:
+        shape = self.shape_of(table)
+        report = ChatReport(records=len(table), format=shape)
+        examples = []
+        for i, row in enumerate(table.rows):
+            item = self.render_example(row, shape, table.where(i))
+            self.check_example(item)
+            ids, labels = item.input_ids, item.labels
+            if i < self.audit_examples:
+                log.info("[audit] %s: %d tokens, %d supervised (between [[ ]]):\n%s", item.where, len(ids),
+                         item.supervised, self.marked(ids, labels))
+            if len(ids) > self.max_length:
+                if self.truncation == "error":
+                    raise DataError(f"{item.where}: {len(ids)} tokens, longer than data.max_length={self.max_length} "
+                                    "(data.truncation=error); raise max_length or choose keep_start or drop")
+                if self.truncation == "drop":
+                    report.dropped_too_long += 1
+                    continue
+                report.truncated += 1
+                report.truncated_tokens += len(ids) - self.max_length
+                ids, labels = ids[: self.max_length], labels[: self.max_length]
+            supervised = sum(1 for label in labels if label != IGNORE)
+            if supervised == 0:
+                report.dropped_unsupervised += 1
+                continue
+            report.tokens += len(ids)
+            report.supervised_tokens += supervised
+            examples.append({"input_ids": ids, "labels": labels})
+        if not examples:
+            raise DataError(f"{table.path}: no example kept a supervised token (see data_report: {report.as_dict()})")
+        return examples, report
+
+    def arrange(self, split: str, examples: list[dict]) -> list[dict]:
+        """Training rows: packed when data.packing is on, else the examples themselves."""
+        if split != "train" or not self.packing:
+            return examples
+        from sft.data.packing import pack_examples
+
+        return pack_examples(examples, self.max_length)
+
+    @staticmethod
+    def supervised_count(item: dict) -> int:
+        return sum(1 for label in item["labels"] if label != IGNORE)
+
+    # -- prompts for generation ------------------------------------------------------------------------
+    def generation_examples(self, table: Table, limit: int) -> list[dict]:
+        """The first `limit` records as {prompt_ids, reference, where}: the conversation up to its
+        last assistant turn, rendered with the generation prompt; the reference is that turn."""
+        shape = self.shape_of(table)
+        if shape == "text":
+            return []
+        out = []
+        for i, row in enumerate(table.rows[:limit]):
+            messages = to_messages(row, shape, table.where(i))
+            last = max(k for k, m in enumerate(messages) if m["role"] == "assistant")
+            prompt = self.render(messages[:last], add_generation_prompt=True)
+            ids, _ = self._tokenize(prompt, table.where(i))
+            out.append({"prompt_ids": ids, "reference": messages[last]["content"], "where": table.where(i),
+                        "prompt": prompt})
+        return out

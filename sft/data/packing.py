@@ -1,0 +1,140 @@
+"""Batching for causal-LM SFT: padding or packing, and the per-step loss denominator.
+
+Packing puts several examples into one row of at most `max_length` tokens (best-fit
+decreasing). Each example keeps its own position ids, restarting at 0; the collator then
+passes `position_ids` and no attention mask, from which transformers (5.x) builds a mask that
+keeps attention inside each example -- but only when the forward runs without a KV cache,
+which is why the causal-LM head passes use_cache=False (tests/test_chat_training.py checks it).
+
+Loss normalization: the loss of an optimizer step is the mean over the supervised tokens of
+all its micro-batches. `StepBatchSampler` knows which micro-batches form a step, so each batch
+carries `loss_denominator` = (supervised tokens of its step) / (micro-batches per step); the
+module divides the micro-batch's summed token loss by it, and Lightning's division by the
+number of accumulated micro-batches then yields exactly the step's token mean.
+"""
+
+from __future__ import annotations
+
+import bisect
+from typing import Iterator, Optional, Sequence
+
+import torch
+from torch.utils.data import Dataset, Sampler
+
+IGNORE = -100
+
+
+def pack_examples(examples: Sequence[dict], max_length: int) -> list[dict]:
+    """Best-fit decreasing: longest example first, each into the open row with the least room
+    that still fits it. Rows hold input_ids, labels and per-example position_ids."""
+    order = sorted(range(len(examples)), key=lambda i: -len(examples[i]["input_ids"]))
+    rows: list[list[int]] = []  # example indices per row
+    free: list[tuple[int, int]] = []  # (room left, row index), kept sorted
+    for i in order:
+        n = len(examples[i]["input_ids"])
+        if n > max_length:
+            raise ValueError(f"example of {n} tokens exceeds the packing length {max_length}; truncate first")
+        k = bisect.bisect_left(free, (n, -1))
+        if k < len(free):
+            room, row = free.pop(k)
+            rows[row].append(i)
+            bisect.insort(free, (room - n, row))
+        else:
+            rows.append([i])
+            bisect.insort(free, (max_length - n, len(rows) - 1))
+    packed = []
+    for members in rows:
+        ids, labels, positions = [], [], []
+        for i in members:
+            ids += examples[i]["input_ids"]
+            labels += examples[i]["labels"]
+            positions += list(range(len(examples[i]["input_ids"])))
+        packed.append({"input_ids": ids, "labels": labels, "position_ids": positions, "documents": len(members)})
+    return packed
+
+
+class CausalLMCollator:
+    """Pads input_ids (pad id), labels (-100) to the longest row, rounded up to a multiple.
+
+    Unpacked rows get an attention mask. Packed rows get position_ids and no mask; their padding
+    is one more document (positions restart at 0), so it never joins a real example."""
+
+    def __init__(self, pad_token_id: int, pad_to_multiple_of: Optional[int] = 8):
+        self.pad_token_id = pad_token_id
+        self.pad_to_multiple_of = pad_to_multiple_of or 1
+
+    def __call__(self, items: list[dict]) -> dict[str, torch.Tensor]:
+        longest = max(len(item["input_ids"]) for item in items)
+        width = -(-longest // self.pad_to_multiple_of) * self.pad_to_multiple_of
+        packed = "position_ids" in items[0]
+        input_ids = torch.full((len(items), width), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((len(items), width), IGNORE, dtype=torch.long)
+        attention_mask = torch.zeros((len(items), width), dtype=torch.long)
+        position_ids = torch.zeros((len(items), width), dtype=torch.long)
+        for row, item in enumerate(items):
+            n = len(item["input_ids"])
+            input_ids[row, :n] = torch.as_tensor(item["input_ids"])
+            labels[row, :n] = torch.as_tensor(item["labels"])
+            attention_mask[row, :n] = 1
+            if packed:
+                position_ids[row, :n] = torch.as_tensor(item["position_ids"])
+                position_ids[row, n:] = torch.arange(width - n)
+        # real (non-padding) tokens, for throughput figures
+        batch = {"input_ids": input_ids, "labels": labels,
+                 "num_tokens": torch.tensor(sum(len(item["input_ids"]) for item in items))}
+        if packed:
+            batch["position_ids"] = position_ids
+        else:
+            batch["attention_mask"] = attention_mask
+        if "loss_denominator" in items[0]:
+            batch["loss_denominator"] = torch.tensor(float(items[0]["loss_denominator"]))
+        return batch
+
+
+class StepBatchSampler(Sampler[list]):
+    """Micro-batches of `batch_size`, grouped `accumulate` to an optimizer step as Lightning
+    groups them; each index is yielded with its step's loss denominator.
+
+    Order: a fresh permutation per epoch drawn from torch's global generator (as RandomSampler
+    does), so `seed` makes it reproducible."""
+
+    def __init__(self, supervised: Sequence[int], batch_size: int, accumulate: int = 1, shuffle: bool = True):
+        self.supervised = list(supervised)
+        self.batch_size = batch_size
+        self.accumulate = max(1, int(accumulate))
+        self.shuffle = shuffle
+
+    def __len__(self) -> int:
+        return -(-len(self.supervised) // self.batch_size)
+
+    def __iter__(self) -> Iterator[list]:
+        n = len(self.supervised)
+        if self.shuffle:
+            seed = int(torch.empty((), dtype=torch.int64).random_().item())
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+        else:
+            order = list(range(n))
+        batches = [order[k:k + self.batch_size] for k in range(0, n, self.batch_size)]
+        for s in range(0, len(batches), self.accumulate):
+            step = batches[s:s + self.accumulate]
+            tokens = sum(self.supervised[i] for batch in step for i in batch)
+            # Lightning divides every micro-batch loss by `accumulate`, also in a short last step.
+            denominator = max(tokens, 1) / self.accumulate
+            for batch in step:
+                yield [(i, denominator) for i in batch]
+
+
+class StepNormalizedDataset(Dataset):
+    """Looks up (index, denominator) pairs from StepBatchSampler; plain indices pass through."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        if isinstance(key, tuple):
+            index, denominator = key
+            return {**self.dataset[index], "loss_denominator": denominator}
+        return self.dataset[key]
