@@ -6,6 +6,7 @@ A pair that cannot work is refused here, before any weights or data load.
 
 TASK_MODALITY = {
     "text_classification": "text",
+    "image_classification": "image",
 }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 from typing import Optional
@@ -14,15 +15,28 @@ from torch.utils.data import DataLoader, Dataset
 
 from sft import assets
 from sft.data.sources import DataError, Table, read_table
+from sft.data.images import ImageClassificationProcessor
 from sft.data.text_classification import TextClassificationProcessor
 from sft.tasks import TASK_MODALITY, ConfigError
 
 # The processor of each task: reads records of a Table, learns the label map from train, encodes.
 PROCESSORS = {
     "text_classification": TextClassificationProcessor,
+    "image_classification": ImageClassificationProcessor,
 }
 
 log = logging.getLogger(__name__)
+
+
+def plain(value):
+    """Mappings and sequences (e.g. OmegaConf containers) as plain dicts and lists, recursively."""
+    from collections.abc import Mapping, Sequence
+
+    if isinstance(value, Mapping):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
+        return [plain(v) for v in value]
+    return value
 
 
 class EncodedDataset(Dataset):
@@ -63,7 +77,7 @@ class SFTDataModule(L.LightningDataModule):
     def __init__(
         self,
         task: str,
-        tokenizer: str,
+        tokenizer: Optional[str] = None,
         train_file: Optional[str] = None,
         val_file: Optional[str] = None,
         test_file: Optional[str] = None,
@@ -81,6 +95,7 @@ class SFTDataModule(L.LightningDataModule):
         pad_to_multiple_of: Optional[int] = 8,
         label_names: Optional[list[str]] = None,
         trust_remote_code: bool = False,
+        max_train_records: Optional[int] = None,
         **task_options,
     ):
         super().__init__()
@@ -91,6 +106,8 @@ class SFTDataModule(L.LightningDataModule):
                               + (f"; got train_file={train_file!r} and dataset={dataset!r}" if train_file else ""))
         # Absolute paths, so a checkpoint's record of its data still holds from another directory.
         train_file, val_file, test_file = (os.path.abspath(f) if f else None for f in (train_file, val_file, test_file))
+        # Nested options (image transforms) as plain dicts and lists, so checkpoints load with weights_only.
+        task_options = {k: plain(v) for k, v in task_options.items()}
         self.save_hyperparameters(logger=False)
         self._tables: dict[str, Table] = {}
         self._encoded: dict[str, EncodedDataset] = {}
@@ -103,7 +120,8 @@ class SFTDataModule(L.LightningDataModule):
         # Runs on one process per node: fetch catalog assets before the ranks read them.
         if self.hparams.dataset:
             assets.fetch(self.hparams.dataset)
-        assets.resolve_pretrained(self.hparams.tokenizer)
+        if self.hparams.tokenizer:
+            assets.resolve_pretrained(self.hparams.tokenizer)
 
     def _train_source(self) -> tuple[str, str]:
         if self.hparams.dataset:
@@ -116,18 +134,26 @@ class SFTDataModule(L.LightningDataModule):
             return self._tables
         hp = self.hparams
         path, key = self._train_source()
-        train = read_table(path, key)
+        read = getattr(PROCESSORS[hp.task], "read_source", read_table)  # images: folders and arrays too
+        train = read(path, key)
         in_file = len(train)  # data.*_fraction are shares of the whole training file
         tables = {}
         for split, file, fraction, salt in (("test", hp.test_file, hp.test_fraction, 1), ("val", hp.val_file, hp.val_fraction, 2)):
+            if file is None and hp.dataset:
+                file = assets.split_file(hp.dataset, split)  # a catalog data set's own split, where it has one
             if file is not None:
-                tables[split] = read_table(file, f"data.{split}_file")
+                tables[split] = read(file, f"data.{split}_file")
             else:
                 kept, carved = seeded_split(len(train), fraction, hp.split_seed * 1000 + salt, of=in_file)
                 tables[split] = train.subset(carved)
                 train = train.subset(kept)
                 rank_zero_info(f"[data] {split} split: {len(carved)} records carved from {path} by seed "
                                f"(data.{split}_fraction={fraction}, data.split_seed={hp.split_seed})")
+        if hp.max_train_records and hp.max_train_records < len(train):
+            kept, _ = seeded_split(len(train), 1 - hp.max_train_records / len(train), hp.split_seed * 1000 + 3)
+            rank_zero_info(f"[data] train: a seeded subset of {len(kept)} of {len(train)} records "
+                           f"(data.max_train_records={hp.max_train_records})")
+            train = train.subset(kept)
         tables["train"] = train
         self._tables = tables
         return tables
@@ -151,9 +177,12 @@ class SFTDataModule(L.LightningDataModule):
             unknown = sorted(set(options) - accepted)
             if unknown:
                 raise ConfigError(f"data.{unknown[0]} is not an option of the {hp.task} task")
-            self._processor = cls(self.tokenizer, text_column=hp.text_column, text_pair_column=hp.text_pair_column,
-                                  label_column=hp.label_column, max_length=hp.max_length,
-                                  label_names=hp.label_names, **options)
+            if TASK_MODALITY[hp.task] == "text":
+                self._processor = cls(self.tokenizer, text_column=hp.text_column, text_pair_column=hp.text_pair_column,
+                                      label_column=hp.label_column, max_length=hp.max_length,
+                                      label_names=hp.label_names, **options)
+            else:
+                self._processor = cls(label_column=hp.label_column, label_names=hp.label_names, **options)
         return self._processor
 
     @property
@@ -169,8 +198,11 @@ class SFTDataModule(L.LightningDataModule):
             examples, report = self.processor.encode(self.tables()[split])
             self._encoded[split] = EncodedDataset(examples)
             self.report[split] = report.as_dict()
-            rank_zero_info(f"[data] {split}: {report.records} records, mean {report.as_dict()['mean_tokens']} tokens, "
-                           f"{report.truncated} truncated to data.max_length={self.hparams.max_length}")
+            if hasattr(report, "summary"):
+                rank_zero_info(f"[data] {split}: {report.summary()}")
+            else:
+                rank_zero_info(f"[data] {split}: {report.records} records, mean {report.as_dict()['mean_tokens']} tokens, "
+                               f"{report.truncated} truncated to data.max_length={self.hparams.max_length}")
         return self._encoded[split]
 
     def setup(self, stage: Optional[str] = None) -> None:
@@ -182,9 +214,12 @@ class SFTDataModule(L.LightningDataModule):
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         hp = self.hparams
         batch_size = hp.batch_size if split == "train" else (hp.eval_batch_size or hp.batch_size)
+        make_collator = self.processor.make_collator
+        # Processors whose collator differs by split (image augmentation) take `train`.
+        split_kwargs = {"train": split == "train"} if "train" in inspect.signature(make_collator).parameters else {}
         return DataLoader(
             self.encoded(split), batch_size=batch_size, shuffle=shuffle, num_workers=hp.num_workers,
-            collate_fn=self.processor.make_collator(hp.pad_to_multiple_of),
+            collate_fn=make_collator(hp.pad_to_multiple_of, **split_kwargs),
             pin_memory=torch.cuda.is_available(), persistent_workers=hp.num_workers > 0,
         )
 
