@@ -33,12 +33,27 @@ class BackboneFreezeUnfreeze(BaseFinetuning):
             self.unfreeze_and_add_param_group(pl_module.backbone, optimizer, lr=self.backbone_lr,
                                               initial_denom_lr=self.lr_divisor, train_bn=True)
 
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        super().on_train_epoch_start(trainer, pl_module)
+        # A schedule built before the unfreeze knows only the groups of that time: extend it to the new
+        # group, which then follows the same warmup/decay multiplier from its own starting rate.
+        for config in trainer.lr_scheduler_configs:
+            scheduler = config.scheduler
+            groups = scheduler.optimizer.param_groups
+            for group in groups[len(scheduler.base_lrs):]:
+                group.setdefault("initial_lr", group["lr"])
+                scheduler.base_lrs.append(group["initial_lr"])
+                if hasattr(scheduler, "lr_lambdas"):
+                    scheduler.lr_lambdas.append(scheduler.lr_lambdas[-1])
+                if hasattr(scheduler, "_last_lr"):
+                    scheduler._last_lr.append(group["lr"])
+
     def _backbone_frozen(self, trainer) -> bool:
         return trainer.current_epoch < self.unfreeze_at_epoch
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        # Lightning puts the module back in train mode after every validation; re-apply BN eval mode here.
-        if self.freeze_bn_stats or self._backbone_frozen(trainer):
-            for module in pl_module.backbone.modules():
-                if isinstance(module, _BatchNorm):
-                    module.eval()
+        # Lightning restores module modes after every validation; set the BatchNorm mode per batch.
+        fixed_statistics = self.freeze_bn_stats or self._backbone_frozen(trainer)
+        for module in pl_module.backbone.modules():
+            if isinstance(module, _BatchNorm):
+                module.train(not fixed_statistics)

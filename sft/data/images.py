@@ -108,7 +108,7 @@ def to_tensor(image, channels: int) -> torch.Tensor:
         if array.shape[2] == 4:
             array = array[:, :, :3]
     else:
-        array = np.asarray(image)
+        array = np.array(image)  # a writable copy: torch refuses to share read-only memory
         if array.ndim == 2:
             array = array[:, :, None]
     tensor = torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1)
