@@ -170,7 +170,8 @@ class ImageBackbone(nn.Module):
 
 
 def load_image_backbone(pretrained: Optional[str], architecture: Optional[str] = None, load_weights: bool = True,
-                        channels_last: bool = False, options: Optional[dict] = None) -> ImageBackbone:
+                        channels_last: bool = False, options: Optional[dict] = None,
+                        trust_remote_code: bool = False) -> ImageBackbone:
     """`pretrained`: `timm/NAME` (timm's pretrained weights), a weights file (with `architecture`),
     a catalog name (`efficientnet-lite0`), a Hugging Face folder or hub id, or None for a random
     init of `architecture`. `options` go to timm.create_model (drop_rate, drop_path_rate, ...)."""
@@ -196,9 +197,10 @@ def load_image_backbone(pretrained: Optional[str], architecture: Optional[str] =
 
     path = assets.resolve_pretrained(pretrained)
     if load_weights:
-        model = AutoModel.from_pretrained(path, **options)
+        model = AutoModel.from_pretrained(path, trust_remote_code=trust_remote_code, **options)
     else:
-        model = AutoModel.from_config(AutoConfig.from_pretrained(path), **options)
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+        model = AutoModel.from_config(config, trust_remote_code=trust_remote_code, **options)
     if getattr(model, "pooler", None) is not None and hasattr(model, "embeddings"):
         model.pooler = None  # ViT's tanh pooler is unused: the head reads the class token
     model.train()

@@ -52,7 +52,7 @@ class SFTModule(L.LightningModule):
             from sft.models.image_backbones import load_image_backbone
 
             self.backbone = load_image_backbone(pretrained, architecture, load_weights, channels_last,
-                                                dict(backbone_options or {}))
+                                                dict(backbone_options or {}), trust_remote_code)
             hidden_size = self.backbone.num_features
         else:
             self.backbone = load_text_encoder(pretrained, trust_remote_code, load_weights, attn_implementation)
