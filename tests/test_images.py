@@ -166,13 +166,19 @@ def test_eval_writes_top_k_predictions(folder_run, tmp_path):
     assert np.mean([r["prediction"] == r["label"] for r in rows]) == pytest.approx(metrics["test/acc"])
 
 
-def test_csv_layout_learns_with_random_init_timm(tmp_path):
+def test_csv_layout_learns_with_random_init_timm_and_ema(tmp_path):
+    """CSV listing of JPEGs, random-init timm model, weights averaged by the EMA callback (which then
+    also supplies the validated, checkpointed and tested weights)."""
     listing = write_listing(tmp_path / "data", per_class=16, kind="csv")
-    cfg = compose_config("train", image_overrides(listing, "null", ["data=image_csv", "model.architecture=test_efficientnet"]),
-                         tmp_path / "run")
+    cfg = compose_config("train", image_overrides(listing, "null", ["data=image_csv", "model.architecture=test_efficientnet",
+                                                                    "callbacks=ema", "callbacks.ema.decay=0.7",
+                                                                    "callbacks.early_stopping=null"]), tmp_path / "run")
     recorder = RecordLoss()
     metrics = train(cfg, extra_callbacks=[recorder])
     assert_learns(recorder.losses, metrics)
+    state = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    ema = [value for key, value in state["callbacks"].items() if key.startswith("EMAWeightAveraging")]
+    assert ema and ema[0]["latest_update_step"] > 0, list(state["callbacks"])
 
 
 def test_jsonl_listing_reads_like_csv(tmp_path):
@@ -359,6 +365,33 @@ def test_image_data_with_text_model_is_refused(tmp_path):
                          tmp_path / "run")
     with pytest.raises(ConfigError, match="needs a image backbone|needs an image backbone"):
         train(cfg)
+
+
+def test_debian_package_member_is_read_without_dpkg(tmp_path):
+    """A .deb is an ar archive holding data.tar.xz; sft reads the member itself."""
+    import io
+    import tarfile
+
+    from sft import assets
+
+    payload = io.BytesIO()
+    with tarfile.open(fileobj=payload, mode="w:xz") as tar:
+        for name, content in (("./usr/share/datasets/x/a.bin", b"abc"), ("./usr/share/doc/x/README", b"doc")):
+            info = tarfile.TarInfo(name)
+            info.size = len(content)
+            tar.addfile(info, io.BytesIO(content))
+    members = [("debian-binary", b"2.0\n"), ("control.tar.xz", b"x"), ("data.tar.xz", payload.getvalue())]
+    deb = tmp_path / "pkg_1.0_all.deb"
+    with open(deb, "wb") as f:
+        f.write(b"!<arch>\n")
+        for name, body in members:
+            f.write(f"{name + '/':<16}{0:<12}{0:<6}{0:<6}{100644:<8}{len(body):<10}`\n".encode())
+            f.write(body + (b"\n" if len(body) % 2 else b""))
+    assets._extract_member(deb, "usr/share/datasets/x", tmp_path / "out")
+    assert (tmp_path / "out" / "usr/share/datasets/x/a.bin").read_bytes() == b"abc"
+    assert not (tmp_path / "out" / "usr/share/doc").exists()  # only the member
+    with pytest.raises(assets.AssetError, match="holds no 'usr/share/missing'"):
+        assets._extract_member(deb, "usr/share/missing", tmp_path / "out2")
 
 
 # -- real catalog assets ------------------------------------------------------------------------------
