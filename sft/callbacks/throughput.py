@@ -6,12 +6,13 @@ from lightning.pytorch.callbacks import ThroughputMonitor
 
 
 def batch_size(batch: dict) -> int:
-    return len(batch["input_ids"])
+    return len(batch["input_ids"] if "input_ids" in batch else batch["pixel_values"])
 
 
 def num_tokens(batch: dict) -> int:
-    # Counted by the collator on the host, so reading it never waits for the device.
-    return int(batch["num_tokens"])
+    # Counted by the text collators on the host, so reading it never waits for the device.
+    # An image counts as one item, so items/s equals samples/s there.
+    return int(batch["num_tokens"]) if "num_tokens" in batch else batch_size(batch)
 
 
 class SFTThroughputMonitor(ThroughputMonitor):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 from typing import Optional
@@ -18,6 +19,7 @@ from sft.data.chat import ChatProcessor
 from sft.data.sources import DataError, Table, read_table
 from sft.data.multilabel import MultiLabelProcessor
 from sft.data.regression import RegressionProcessor
+from sft.data.images import ImageClassificationProcessor
 from sft.data.text_classification import TextClassificationProcessor
 from sft.data.token_classification import TokenClassificationProcessor
 from sft.tasks import TASK_MODALITY, ConfigError, plain
@@ -29,6 +31,7 @@ PROCESSORS = {
     "text_regression": RegressionProcessor,
     "token_classification": TokenClassificationProcessor,
     "causal_lm": ChatProcessor,
+    "image_classification": ImageClassificationProcessor,
 }
 
 log = logging.getLogger(__name__)
@@ -72,7 +75,7 @@ class SFTDataModule(L.LightningDataModule):
     def __init__(
         self,
         task: str,
-        tokenizer: str,
+        tokenizer: Optional[str] = None,
         train_file: Optional[str] = None,
         val_file: Optional[str] = None,
         test_file: Optional[str] = None,
@@ -91,6 +94,7 @@ class SFTDataModule(L.LightningDataModule):
         group_by_length: bool = True,
         label_names: Optional[list[str]] = None,
         trust_remote_code: bool = False,
+        max_train_records: Optional[int] = None,
         **task_options,
     ):
         super().__init__()
@@ -117,7 +121,8 @@ class SFTDataModule(L.LightningDataModule):
         # Runs on one process per node: fetch catalog assets before the ranks read them.
         if self.hparams.dataset:
             assets.fetch(self.hparams.dataset)
-        assets.resolve_pretrained(self.hparams.tokenizer)
+        if self.hparams.tokenizer:
+            assets.resolve_pretrained(self.hparams.tokenizer)
 
     def _train_source(self) -> tuple[str, str]:
         if self.hparams.dataset:
@@ -130,18 +135,26 @@ class SFTDataModule(L.LightningDataModule):
             return self._tables
         hp = self.hparams
         path, key = self._train_source()
-        train = read_table(path, key)
+        read = getattr(PROCESSORS[hp.task], "read_source", read_table)  # images: folders and arrays too
+        train = read(path, key)
         in_file = len(train)  # data.*_fraction are shares of the whole training file
         tables = {}
         for split, file, fraction, salt in (("test", hp.test_file, hp.test_fraction, 1), ("val", hp.val_file, hp.val_fraction, 2)):
+            if file is None and hp.dataset:
+                file = assets.split_file(hp.dataset, split)  # a catalog data set's own split, where it has one
             if file is not None:
-                tables[split] = read_table(file, f"data.{split}_file")
+                tables[split] = read(file, f"data.{split}_file")
             else:
                 kept, carved = seeded_split(len(train), fraction, hp.split_seed * 1000 + salt, of=in_file)
                 tables[split] = train.subset(carved)
                 train = train.subset(kept)
                 rank_zero_info(f"[data] {split} split: {len(carved)} records carved from {path} by seed "
                                f"(data.{split}_fraction={fraction}, data.split_seed={hp.split_seed})")
+        if hp.max_train_records and hp.max_train_records < len(train):
+            kept, _ = seeded_split(len(train), 1 - hp.max_train_records / len(train), hp.split_seed * 1000 + 3)
+            rank_zero_info(f"[data] train: a seeded subset of {len(kept)} of {len(train)} records "
+                           f"(data.max_train_records={hp.max_train_records})")
+            train = train.subset(kept)
         tables["train"] = train
         self._tables = tables
         return tables
@@ -165,9 +178,12 @@ class SFTDataModule(L.LightningDataModule):
             unknown = sorted(set(options) - accepted)
             if unknown:
                 raise ConfigError(f"data.{unknown[0]} is not an option of the {hp.task} task")
-            self._processor = cls(self.tokenizer, text_column=hp.text_column, text_pair_column=hp.text_pair_column,
-                                  label_column=hp.label_column, max_length=hp.max_length,
-                                  label_names=hp.label_names, **options)
+            if TASK_MODALITY[hp.task] != "image":  # text encoders and causal LMs read through a tokenizer
+                self._processor = cls(self.tokenizer, text_column=hp.text_column, text_pair_column=hp.text_pair_column,
+                                      label_column=hp.label_column, max_length=hp.max_length,
+                                      label_names=hp.label_names, **options)
+            else:
+                self._processor = cls(label_column=hp.label_column, label_names=hp.label_names, **options)
         return self._processor
 
     @property
@@ -193,8 +209,11 @@ class SFTDataModule(L.LightningDataModule):
                 examples = arrange(split, examples)
             self._encoded[split] = EncodedDataset(examples)
             self.report[split] = report.as_dict()
-            rank_zero_info(f"[data] {split}: {report.records} records, mean {report.as_dict()['mean_tokens']} tokens, "
-                           f"{report.truncated} truncated to data.max_length={self.hparams.max_length}")
+            if hasattr(report, "summary"):
+                rank_zero_info(f"[data] {split}: {report.summary()}")
+            else:
+                rank_zero_info(f"[data] {split}: {report.records} records, mean {report.as_dict()['mean_tokens']} tokens, "
+                               f"{report.truncated} truncated to data.max_length={self.hparams.max_length}")
         return self._encoded[split]
 
     def setup(self, stage: Optional[str] = None) -> None:
@@ -206,9 +225,12 @@ class SFTDataModule(L.LightningDataModule):
     def _loader(self, split: str, sampler=None) -> DataLoader:
         hp = self.hparams
         batch_size = hp.batch_size if split == "train" else (hp.eval_batch_size or hp.batch_size)
+        make_collator = self.processor.make_collator
+        # Processors whose collator differs by split (image augmentation) take `train`.
+        split_kwargs = {"train": split == "train"} if "train" in inspect.signature(make_collator).parameters else {}
         return DataLoader(
             self.encoded(split), batch_size=batch_size, sampler=sampler, num_workers=hp.num_workers,
-            collate_fn=self.processor.make_collator(hp.pad_to_multiple_of),
+            collate_fn=make_collator(hp.pad_to_multiple_of, **split_kwargs),
             pin_memory=torch.cuda.is_available(), persistent_workers=hp.num_workers > 0,
             # A loader's own generator: making an iterator (every validation) never draws from the
             # global RNG, so dropout sees the same random stream in a resumed and an uninterrupted run.
@@ -246,7 +268,8 @@ class SFTDataModule(L.LightningDataModule):
         trainer = self.trainer
         dataset = self.encoded("train")
         # The shuffled order depends on (seed, epoch) only, and its position is saved in checkpoints.
-        lengths = [len(example["input_ids"]) for example in dataset.examples] if self.hparams.group_by_length else None
+        grouped = self.hparams.group_by_length and dataset.examples and "input_ids" in dataset.examples[0]
+        lengths = [len(example["input_ids"]) for example in dataset.examples] if grouped else None
         self._train_sampler = ResumableSampler(
             len(dataset), batch_size=self.hparams.batch_size, seed=self._order_seed(), lengths=lengths,
             shuffle=not (trainer and trainer.overfit_batches), num_replicas=trainer.world_size if trainer else 1,

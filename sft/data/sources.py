@@ -12,7 +12,7 @@ import gzip
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional
 
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet",
            ".conll": "conll", ".iob": "conll", ".bio": "conll"}
@@ -31,6 +31,7 @@ class Table:
     rows: list[dict[str, Any]]
     locations: list[str]
     columns: list[str] = field(default_factory=list)
+    label_order: Optional[list[str]] = None  # the source's own class order (array data sets), if it has one
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -39,7 +40,8 @@ class Table:
         return self.locations[index]
 
     def subset(self, indices: list[int]) -> "Table":
-        return Table(self.path, [self.rows[i] for i in indices], [self.locations[i] for i in indices], self.columns)
+        return Table(self.path, [self.rows[i] for i in indices], [self.locations[i] for i in indices], self.columns,
+                     self.label_order)
 
     def require_columns(self, columns: dict[str, str]) -> None:
         """`columns` maps config key -> column name; every named column must exist."""

@@ -139,3 +139,8 @@ def build_head(task: str, hidden_size: int, label_names: Sequence[str], **option
         raise ConfigError(f"model.{unknown[0]} is not an option of the {task} head; its options: "
                           f"{sorted(accepted - {'hidden_size', 'label_names'})}")
     return cls(hidden_size, label_names, **options)
+
+
+from sft.models.image_head import ImageClassificationHead  # noqa: E402 - it builds on the helpers above
+
+HEADS["image_classification"] = ImageClassificationHead

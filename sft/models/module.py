@@ -21,7 +21,7 @@ class SFTModule(L.LightningModule):
         self,
         task: str,
         label_names: Sequence[str],
-        pretrained: str,
+        pretrained: Optional[str],
         modality: str = "text",
         head_lr: Optional[float] = None,
         freeze_backbone: bool = False,
@@ -32,6 +32,10 @@ class SFTModule(L.LightningModule):
         load_weights: bool = True,
         lora: Optional[dict] = None,
         gradient_checkpointing: bool = False,
+        architecture: Optional[str] = None,
+        backbone_options: Optional[dict] = None,
+        layer_decay: Optional[float] = None,
+        channels_last: bool = False,
         **head_options,
     ):
         super().__init__()
@@ -40,21 +44,33 @@ class SFTModule(L.LightningModule):
             lora = {str(k): (v if isinstance(v, (str, int, float, bool)) or v is None else list(v)) for k, v in lora.items()}
         label_names = [str(n) for n in label_names]
         # Plain lists and dicts (not OmegaConf containers), so checkpoints load with weights_only.
+        backbone_options = plain(backbone_options) if backbone_options is not None else None
         head_options = {key: plain(value) for key, value in head_options.items()}
         self.save_hyperparameters(ignore=["optimizer", "scheduler", "load_weights"], logger=False)
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.label_names = label_names
 
-        self.backbone = BACKBONES[modality](pretrained, trust_remote_code, load_weights, attn_implementation)
+        if modality == "image":
+            from sft.models.image_backbones import load_image_backbone
+
+            self.backbone = load_image_backbone(pretrained, architecture, load_weights, channels_last,
+                                                dict(backbone_options or {}), trust_remote_code)
+            hidden_size = self.backbone.num_features
+        else:
+            self.backbone = BACKBONES[modality](pretrained, trust_remote_code, load_weights, attn_implementation)
+            hidden_size = self.backbone.config.hidden_size
         if gradient_checkpointing:  # recompute activations in backward: less memory, ~30% more compute
-            self.backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-            self.backbone.config.use_cache = False
+            if hasattr(self.backbone, "gradient_checkpointing_enable"):  # transformers
+                self.backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+                self.backbone.config.use_cache = False
+            else:  # timm
+                self.backbone.set_grad_checkpointing(True)
         # from_pretrained returns eval mode, and Lightning keeps the modes it finds: train with dropout on.
         self.backbone.train()
         if freeze_backbone:
             self.backbone.requires_grad_(False)
-        self.head = build_head(task, self.backbone.config.hidden_size, label_names, **head_options)
+        self.head = build_head(task, hidden_size, label_names, **head_options)
         self.flops_per_batch = None  # set it (e.g. with lightning's measure_flops) to get MFU in the throughput logs
         if lora:  # peft LoRA adapters: the backbone's own weights freeze, only adapters (and the head) train
             from sft.models.causal_lm import apply_lora
@@ -72,6 +88,8 @@ class SFTModule(L.LightningModule):
         features = getattr(self.head, "features", None)  # heads that drive the backbone themselves (causal LM)
         if features is not None:
             return self.head(features(self.backbone, batch), batch)
+        if "pixel_values" in batch:  # images: the backbone returns pooled features
+            return self.head(self.backbone(batch["pixel_values"]), batch)
         inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
         return self.head(self.backbone(**inputs).last_hidden_state, batch)
 
@@ -82,7 +100,10 @@ class SFTModule(L.LightningModule):
         return loss
 
     def _log_metrics(self, metrics, **kwargs) -> None:
-        self.log_dict(self.head.flatten_metrics(metrics.compute()), **kwargs)
+        values = metrics.compute()
+        if hasattr(self.head, "log_artifacts"):  # non-scalar results, e.g. a confusion matrix image
+            self.head.log_artifacts(values, self)
+        self.log_dict(self.head.flatten_metrics(values), **kwargs)
         metrics.reset()
 
     # -- steps -----------------------------------------------------------------------------
@@ -97,14 +118,14 @@ class SFTModule(L.LightningModule):
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         loss = self._step(batch, self.val_metrics)
-        self.log("val/loss", loss, on_epoch=True, batch_size=len(batch["input_ids"]), sync_dist=True)
+        self.log("val/loss", loss, on_epoch=True, batch_size=len(batch["labels"]), sync_dist=True)
 
     def on_validation_epoch_end(self) -> None:
         self._log_metrics(self.val_metrics, prog_bar=True)
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
         loss = self._step(batch, self.test_metrics)
-        self.log("test/loss", loss, on_epoch=True, batch_size=len(batch["input_ids"]), sync_dist=True)
+        self.log("test/loss", loss, on_epoch=True, batch_size=len(batch["labels"]), sync_dist=True)
 
     def on_test_epoch_end(self) -> None:
         self._log_metrics(self.test_metrics)
@@ -127,7 +148,15 @@ class SFTModule(L.LightningModule):
     def configure_optimizers(self):
         if self.optimizer_factory is None:
             raise ConfigError("SFTModule needs an optimizer (the optimizer= config group) to train")
-        optimizer = self.optimizer_factory(parameter_groups(self.named_parameters(), "head.", self.hparams.head_lr))
+        if self.hparams.get("layer_decay"):
+            from sft.models.image_backbones import layer_decay_groups
+
+            groups = layer_decay_groups(self, self.hparams.layer_decay, self.hparams.head_lr)
+        else:
+            groups = parameter_groups(self.named_parameters(), "head.", self.hparams.head_lr)
+        optimizer = self.optimizer_factory(groups)
+        for group in optimizer.param_groups:  # layer-wise decay: deeper layers keep more of the base rate
+            group["lr"] *= group.pop("lr_scale", 1.0)
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer, total_steps=self.trainer.estimated_stepping_batches)

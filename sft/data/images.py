@@ -1,0 +1,332 @@
+"""Image classification: image sources, the bad-image check, torchvision v2 pipelines, the collator.
+
+Sources (`read_source`):
+- a folder with one subfolder per class (ImageFolder layout);
+- a CSV/TSV/JSON/JSONL/Parquet file of `path,label` records, paths relative to that file;
+- an `.npz` of decoded arrays (`images` uint8 (N, H, W[, C]), `labels`, optional `label_names`),
+  as the catalog's array data sets are prepared: decoded once, never per epoch.
+
+Decoding and augmentation run in the collator, i.e. in the DataLoader workers.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+from sft.data.sources import DataError, Table, read_table
+from sft.data.text_classification import label_key, sorted_labels
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+BAD_IMAGE_POLICIES = ("error", "skip")
+AUTO_AUGMENTS = ("randaugment", "trivialaugment", "autoaugment")
+
+
+# -- sources --------------------------------------------------------------------------------------
+def read_image_folder(root: Path, key: str) -> Table:
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not classes:
+        raise DataError(f"{key}: {root} has no class subfolders; expected ImageFolder layout {root}/<label>/<image>")
+    rows, locations, ignored = [], [], 0
+    for label in classes:
+        for dirpath, dirnames, filenames in os.walk(root / label):
+            dirnames.sort()
+            for name in sorted(filenames):
+                if name.startswith("."):
+                    continue
+                if Path(name).suffix.lower() not in IMAGE_SUFFIXES:
+                    ignored += 1
+                    continue
+                path = os.path.join(dirpath, name)
+                rows.append({"path": path, "label": label})
+                locations.append(path)
+    if ignored:
+        log.warning("%s: ignored %d files without an image extension (%s)", root, ignored, ", ".join(sorted(IMAGE_SUFFIXES)))
+    if not rows:
+        raise DataError(f"{key}: {root} holds no image files under its class folders {classes}")
+    return Table(str(root), rows, locations, ["path", "label"])
+
+
+def read_image_arrays(path: Path, key: str) -> Table:
+    try:
+        data = np.load(path, allow_pickle=False)
+    except Exception as e:
+        raise DataError(f"{key}: {path} is not a readable .npz file ({e})") from None
+    for name in ("images", "labels"):
+        if name not in data:
+            raise DataError(f"{key}: {path} has no array {name!r}; expected 'images' (N, H, W[, C]) uint8 and 'labels' (N,)")
+    images, labels = data["images"], data["labels"]
+    if images.dtype != np.uint8 or images.ndim not in (3, 4) or len(images) != len(labels):
+        raise DataError(f"{key}: {path}: 'images' must be uint8 (N, H, W) or (N, H, W, C) with one label each; "
+                        f"got {images.dtype} {images.shape} and {len(labels)} labels")
+    names = [str(n) for n in data["label_names"]] if "label_names" in data else None
+    rows = [{"image": images[i], "label": names[int(y)] if names else int(y)} for i, y in enumerate(labels)]
+    # The data set's own class order becomes the label map's order.
+    return Table(str(path), rows, [f"{path} item {i}" for i in range(len(rows))], ["image", "label"], names)
+
+
+def read_source(path: str | Path, key: str = "data file") -> Table:
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{key}: not found: {path} (resolved to {path.absolute()})")
+    if path.is_dir():
+        return read_image_folder(path, key)
+    if path.suffix == ".npz":
+        return read_image_arrays(path, key)
+    return read_table(path, key)
+
+
+# -- decoding -------------------------------------------------------------------------------------
+def open_image(path: str, mode: str):
+    """Fully decoded PIL image in `mode` (RGB or L); raises on a missing, non-image or truncated file."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        image.load()  # decodes every byte: a truncated file fails here, not in a worker mid-epoch
+        if image.mode == "P" and "transparency" in image.info:
+            image = image.convert("RGBA")
+        if image.mode in ("RGBA", "LA") and mode == "RGB":
+            background = Image.new("RGB", image.size, (255, 255, 255))  # transparent areas become white
+            background.paste(image.convert("RGBA"), mask=image.convert("RGBA").getchannel("A"))
+            return background
+        return image.convert(mode)
+
+
+def to_tensor(image, channels: int) -> torch.Tensor:
+    """uint8 (C, H, W) tensor with the backbone's channel count, from a PIL image or an array."""
+    if isinstance(image, np.ndarray):
+        array = image if image.ndim == 3 else image[:, :, None]
+        if array.shape[2] == 4:
+            array = array[:, :, :3]
+    else:
+        array = np.array(image)  # a writable copy: torch refuses to share read-only memory
+        if array.ndim == 2:
+            array = array[:, :, None]
+    tensor = torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1)
+    if tensor.shape[0] == channels:
+        return tensor
+    if tensor.shape[0] == 1:
+        return tensor.expand(channels, -1, -1).contiguous()  # grayscale to RGB
+    if channels == 1:  # RGB to grayscale (ITU-R 601 luma, as PIL's "L")
+        weights = torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1)
+        return (tensor.float() * weights).sum(0, keepdim=True).round().clamp(0, 255).to(torch.uint8)
+    raise DataError(f"cannot turn an image of {tensor.shape[0]} channels into {channels}")
+
+
+# -- transforms -----------------------------------------------------------------------------------
+def _interpolation(name: str):
+    from torchvision.transforms import InterpolationMode
+
+    return {"bicubic": InterpolationMode.BICUBIC, "bilinear": InterpolationMode.BILINEAR,
+            "nearest": InterpolationMode.NEAREST}.get(name, InterpolationMode.BILINEAR)
+
+
+def build_transforms(train: bool, size: int, mean, std, interpolation: str = "bilinear", crop_pct: float = 0.875,
+                     crop_scale=(0.08, 1.0), hflip: float = 0.5, auto_augment: Optional[str] = None,
+                     random_erasing: float = 0.0):
+    """torchvision v2 pipeline on uint8 (C, H, W) tensors, ending in normalized float32.
+    Train: RandomResizedCrop(crop_scale) (or the eval resize + crop when crop_scale is None), flip,
+    optional RandAugment / TrivialAugment / AutoAugment, RandomErasing. Eval: resize to
+    size / crop_pct, center crop."""
+    from torchvision.transforms import v2
+
+    mode = _interpolation(interpolation)
+    resize = [v2.Resize(int(round(size / crop_pct)), interpolation=mode, antialias=True), v2.CenterCrop(size)]
+    steps: list = []
+    if train:
+        steps += [v2.RandomResizedCrop(size, scale=tuple(crop_scale), interpolation=mode, antialias=True)] if crop_scale else resize
+        if hflip:
+            steps.append(v2.RandomHorizontalFlip(hflip))
+        if auto_augment:
+            if auto_augment not in AUTO_AUGMENTS:
+                raise DataError(f"data.train_transforms.auto_augment={auto_augment!r} is not one of {AUTO_AUGMENTS} (or null)")
+            steps.append({"randaugment": v2.RandAugment, "trivialaugment": v2.TrivialAugmentWide,
+                          "autoaugment": v2.AutoAugment}[auto_augment](interpolation=mode))
+    else:
+        steps += resize
+    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
+    if train and random_erasing:
+        steps.append(v2.RandomErasing(random_erasing))
+    return v2.Compose(steps)
+
+
+class ImageCollator:
+    """Decode (paths) or wrap (arrays), transform, stack; on training batches optionally mix with
+    MixUp / CutMix, adding `soft_labels` (rows sum to 1) next to the hard `labels`."""
+
+    def __init__(self, transform, channels: int, mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0,
+                 num_classes: int = 0):
+        from torchvision.transforms import v2
+
+        self.transform = transform
+        self.channels = channels
+        mixers = []
+        if mixup_alpha > 0:
+            mixers.append(v2.MixUp(alpha=mixup_alpha, num_classes=num_classes))
+        if cutmix_alpha > 0:
+            mixers.append(v2.CutMix(alpha=cutmix_alpha, num_classes=num_classes))
+        self.mix = v2.RandomChoice(mixers) if mixers else None
+
+    def image(self, item: dict) -> torch.Tensor:
+        source = item["image"]
+        if isinstance(source, str):
+            source = open_image(source, "L" if self.channels == 1 else "RGB")
+        return self.transform(to_tensor(source, self.channels))
+
+    def __call__(self, items: list[dict]) -> dict[str, torch.Tensor]:
+        batch = {"pixel_values": torch.stack([self.image(item) for item in items])}
+        if "labels" in items[0]:
+            batch["labels"] = torch.as_tensor([item["labels"] for item in items])
+            if self.mix is not None:
+                batch["pixel_values"], batch["soft_labels"] = self.mix(batch["pixel_values"], batch["labels"])
+        return batch
+
+
+# -- the processor ----------------------------------------------------------------------------------
+@dataclass
+class ImageReport:
+    records: int = 0
+    skipped: int = 0
+    bad_images: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return {"records": self.records, "skipped_bad_images": self.skipped, "bad_images": self.bad_images[:50]}
+
+    def summary(self) -> str:
+        text = f"{self.records} images"
+        if self.skipped:
+            text += f", {self.skipped} bad images skipped (data.on_bad_image=skip), e.g. {self.bad_images[0]}"
+        return text
+
+
+class ImageClassificationProcessor:
+    """One label per image. `backbone`/`architecture` name the model, whose pretrained input size and
+    normalization are used unless `image_size`, `mean`, `std` are given."""
+
+    read_source = staticmethod(read_source)
+
+    def __init__(self, label_column: str = "label", label_names: Optional[list[str]] = None,
+                 image_column: str = "path", backbone: Optional[str] = None, architecture: Optional[str] = None,
+                 image_size: Optional[int] = None, mean: Optional[list[float]] = None, std: Optional[list[float]] = None,
+                 interpolation: Optional[str] = None, crop_pct: Optional[float] = None,
+                 train_transforms: Optional[dict] = None, on_bad_image: str = "error",
+                 mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0, check_workers: int = 8):
+        if on_bad_image not in BAD_IMAGE_POLICIES:
+            raise DataError(f"data.on_bad_image={on_bad_image!r} is not one of {BAD_IMAGE_POLICIES}")
+        self.label_column = label_column
+        self.image_column = image_column
+        self.label_names = list(label_names) if label_names is not None else None
+        self.on_bad_image = on_bad_image
+        self.train_transforms = dict(train_transforms or {})
+        self.mixup_alpha, self.cutmix_alpha = float(mixup_alpha or 0.0), float(cutmix_alpha or 0.0)
+        self.check_workers = check_workers
+        from sft.models.image_backbones import image_data_config
+
+        expected = image_data_config(backbone, architecture) if (backbone or architecture) else \
+            {"channels": 3, "size": 224, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
+             "interpolation": "bilinear", "crop_pct": 0.875}
+        overrides = {"size": image_size, "mean": mean, "std": std, "interpolation": interpolation, "crop_pct": crop_pct}
+        self.input = {**expected, **{k: v for k, v in overrides.items() if v is not None}}
+        self.input["mean"], self.input["std"] = list(self.input["mean"]), list(self.input["std"])
+        log.info("[data] images: %s", self.input)
+
+    def make_collator(self, pad_to_multiple_of=None, train: bool = False) -> ImageCollator:
+        spec = self.input
+        options = self.train_transforms if train else {}
+        transform = build_transforms(train, spec["size"], spec["mean"], spec["std"], spec["interpolation"],
+                                     spec["crop_pct"], **options)
+        return ImageCollator(transform, spec["channels"], self.mixup_alpha if train else 0.0,
+                             self.cutmix_alpha if train else 0.0, len(self.label_names or []))
+
+    def fit(self, train: Table) -> list[str]:
+        if self.label_names is None:
+            train.require_columns({"data.label_column": self.label_column})
+            keys = set()
+            for i, row in enumerate(train.rows):
+                key = label_key(row.get(self.label_column))
+                if key is None:
+                    raise DataError(f"{train.where(i)}: field {self.label_column!r} is empty; every training image needs a label")
+                keys.add(key)
+            if len(keys) < 2:
+                raise DataError(f"{train.path}: only the label {sorted(keys)}; classification needs at least two")
+            order = train.label_order
+            self.label_names = [n for n in order if n in keys] if order else sorted_labels(keys)
+        return self.label_names
+
+    def _column(self, table: Table) -> str:
+        """The image field: data.image_column, or `image` in an array data set (it has no paths)."""
+        arrays = bool(table.rows) and isinstance(table.rows[0].get("image"), np.ndarray)
+        return "image" if arrays and self.image_column not in table.columns else self.image_column
+
+    def _image_source(self, table: Table, i: int):
+        value = table.rows[i].get(self._column(table))
+        if isinstance(value, np.ndarray):
+            return value
+        if value is None or (isinstance(value, str) and not value.strip()):
+            raise DataError(f"{table.where(i)}: field {self.image_column!r} is empty; expected an image path "
+                            f"(set data.image_column to the field holding it)")
+        path = Path(str(value))
+        if not path.is_absolute():  # relative to the file that lists it
+            base = Path(table.path)
+            path = (base if base.is_dir() else base.parent) / path
+        return str(path)
+
+    @staticmethod
+    def _problem(path: str) -> Optional[str]:
+        if not os.path.isfile(path):
+            return "file not found"
+        try:
+            open_image(path, "RGB")
+        except Exception as e:  # PIL raises several types for unreadable, non-image or truncated files
+            return f"not a readable image ({type(e).__name__}: {e})"
+        return None
+
+    def encode(self, table: Table, with_labels: bool = True) -> tuple[list[dict], ImageReport]:
+        assert self.label_names is not None, "fit() builds the label map before encode()"
+        table.require_columns({"data.image_column": self._column(table)})
+        if with_labels:
+            table.require_columns({"data.label_column": self.label_column})
+        sources = [self._image_source(table, i) for i in range(len(table))]
+        paths = [i for i, s in enumerate(sources) if isinstance(s, str)]
+        # Decode every file once up front, so a bad one is named now rather than failing a worker mid-epoch.
+        with ThreadPoolExecutor(max(1, self.check_workers)) as pool:
+            problems = dict(zip(paths, pool.map(self._problem, [sources[i] for i in paths])))
+        index = {name: k for k, name in enumerate(self.label_names)}
+        examples, report = [], ImageReport()
+        for i, source in enumerate(sources):
+            problem = problems.get(i)
+            if problem:
+                where = f"{table.where(i)}: field {self.image_column!r}: {source}: {problem}"
+                if self.on_bad_image == "error":
+                    raise DataError(f"{where}. Fix or remove it, or set data.on_bad_image=skip to skip bad images "
+                                    f"(they are counted in data_report.json)")
+                report.skipped += 1
+                report.bad_images.append(where)
+                continue
+            example = {"image": source, "row": i}
+            if with_labels:
+                key = label_key(table.rows[i].get(self.label_column))
+                if key is None:
+                    raise DataError(f"{table.where(i)}: field {self.label_column!r} is empty; expected one of {self.label_names}")
+                if key not in index:
+                    raise DataError(f"{table.where(i)}: label {key!r} never occurs in the training data; "
+                                    f"known labels: {self.label_names}")
+                example["labels"] = index[key]
+            examples.append(example)
+        report.records = len(examples)
+        if report.skipped:
+            log.warning("[data] %s: skipped %d bad images (data.on_bad_image=skip); first: %s",
+                        table.path, report.skipped, report.bad_images[0])
+        if not examples:
+            raise DataError(f"{table.path}: no readable images left after skipping {report.skipped} bad ones")
+        return examples, report
+
