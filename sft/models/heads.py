@@ -43,6 +43,22 @@ def metric_suffix(label: str) -> str:
     return re.sub(r"[^0-9A-Za-z_.-]+", "_", str(label))
 
 
+def flatten_per_label(values: dict[str, torch.Tensor], vector_suffix: str, label_names: Sequence[str],
+                      skip_suffix: Optional[str] = None) -> dict[str, torch.Tensor]:
+    """Metric values with each per-label vector (named `<prefix><vector_suffix>`) spread into one
+    scalar per label, `<prefix>f1_<label>`; entries ending in `skip_suffix` (not scalars) dropped."""
+    flat = {}
+    for name, value in values.items():
+        if skip_suffix and name.endswith(skip_suffix):
+            continue
+        if name.endswith(vector_suffix):
+            base = name[: -len(vector_suffix)]
+            flat.update({f"{base}f1_{metric_suffix(label)}": value[i] for i, label in enumerate(label_names)})
+        else:
+            flat[name] = value
+    return flat
+
+
 def class_weight_tensor(class_weights, label_names: Sequence[str]) -> Optional[torch.Tensor]:
     """`model.class_weights` as a list aligned with the label map, or a {label: weight} mapping."""
     if class_weights is None:
@@ -93,14 +109,7 @@ class SequenceClassificationHead(nn.Module):
         metrics.update(logits.detach(), batch["labels"])
 
     def flatten_metrics(self, values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        flat = {}
-        for name, value in values.items():
-            if name.endswith("f1_per_class"):
-                base = name[: -len("f1_per_class")]
-                flat.update({f"{base}f1_{metric_suffix(label)}": value[i] for i, label in enumerate(self.label_names)})
-            else:
-                flat[name] = value
-        return flat
+        return flatten_per_label(values, "f1_per_class", self.label_names)
 
     def predict(self, logits: torch.Tensor) -> dict[str, torch.Tensor]:
         probabilities = logits.float().softmax(-1)

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix, MulticlassF1Score
 
-from sft.models.heads import class_weight_tensor, metric_suffix
+from sft.models.heads import class_weight_tensor, flatten_per_label
 
 log = logging.getLogger(__name__)
 
@@ -69,16 +69,8 @@ class ImageClassificationHead(nn.Module):
         metrics.update(logits.detach(), batch["labels"])  # on mixed batches: the label of the unmixed image
 
     def flatten_metrics(self, values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        flat = {}
-        for name, value in values.items():
-            if name.endswith("confusion"):
-                continue  # an image, not a scalar: see log_artifacts
-            if name.endswith("f1_per_class"):
-                base = name[: -len("f1_per_class")]
-                flat.update({f"{base}f1_{metric_suffix(label)}": value[i] for i, label in enumerate(self.label_names)})
-            else:
-                flat[name] = value
-        return flat
+        # The confusion matrix is an image, not a scalar: see log_artifacts.
+        return flatten_per_label(values, "f1_per_class", self.label_names, skip_suffix="confusion")
 
     def log_artifacts(self, values: dict[str, torch.Tensor], module) -> None:
         """Draw the confusion matrix into TensorBoard (tag `val/confusion_matrix`, `test/...`)."""

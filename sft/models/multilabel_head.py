@@ -9,7 +9,7 @@ import torch.nn as nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MultilabelExactMatch, MultilabelF1Score
 
-from sft.models.heads import POOLINGS, metric_suffix, pool
+from sft.models.heads import POOLINGS, flatten_per_label, pool
 from sft.models.task_options import per_label_tensor
 from sft.tasks import ConfigError
 
@@ -51,14 +51,7 @@ class MultiLabelHead(nn.Module):
         metrics.update(logits.detach().float().sigmoid(), batch["labels"].long())
 
     def flatten_metrics(self, values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        flat = {}
-        for name, value in values.items():
-            if name.endswith("f1_per_label"):
-                base = name[: -len("f1_per_label")]
-                flat.update({f"{base}f1_{metric_suffix(label)}": value[i] for i, label in enumerate(self.label_names)})
-            else:
-                flat[name] = value
-        return flat
+        return flatten_per_label(values, "f1_per_label", self.label_names)
 
     def predict(self, logits: torch.Tensor) -> dict[str, torch.Tensor]:
         probabilities = logits.float().sigmoid()
