@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from sft.data.sources import DataError, Table, read_table
-from sft.data.text_classification import label_key, sorted_labels
+from sft.data.text_classification import label_id, label_key, sorted_labels
 
 log = logging.getLogger(__name__)
 
@@ -314,13 +314,7 @@ class ImageClassificationProcessor:
                 continue
             example = {"image": source, "row": i}
             if with_labels:
-                key = label_key(table.rows[i].get(self.label_column))
-                if key is None:
-                    raise DataError(f"{table.where(i)}: field {self.label_column!r} is empty; expected one of {self.label_names}")
-                if key not in index:
-                    raise DataError(f"{table.where(i)}: label {key!r} never occurs in the training data; "
-                                    f"known labels: {self.label_names}")
-                example["labels"] = index[key]
+                example["labels"] = label_id(table, i, self.label_column, index)
             examples.append(example)
         report.records = len(examples)
         if report.skipped:

@@ -29,6 +29,18 @@ def sorted_labels(keys: set[str]) -> list[str]:
         return sorted(keys)
 
 
+def label_id(table: Table, i: int, column: str, index: dict[str, int]) -> int:
+    """The id of record i's label in the training label map `index`; an empty or unseen label is
+    an error naming the record's file and line."""
+    key = label_key(table.rows[i].get(column))
+    if key is None:
+        raise DataError(f"{table.where(i)}: field {column!r} is empty; expected one of {list(index)}")
+    if key not in index:
+        raise DataError(f"{table.where(i)}: label {key!r} in field {column!r} never occurs in the "
+                        f"training data; known labels: {list(index)}")
+    return index[key]
+
+
 @dataclass
 class EncodeReport:
     records: int = 0
@@ -104,13 +116,7 @@ class TextClassificationProcessor:
             if "token_type_ids" in full:
                 example["token_type_ids"] = full["token_type_ids"][i]
             if with_labels:
-                key = label_key(table.rows[i].get(self.label_column))
-                if key is None:
-                    raise DataError(f"{table.where(i)}: field {self.label_column!r} is empty; expected one of {self.label_names}")
-                if key not in index:
-                    raise DataError(f"{table.where(i)}: label {key!r} in field {self.label_column!r} never occurs in the "
-                                    f"training data; known labels: {self.label_names}")
-                example["labels"] = index[key]
+                example["labels"] = label_id(table, i, self.label_column, index)
             report.tokens += len(example["input_ids"])
             examples.append(example)
         return examples, report
