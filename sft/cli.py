@@ -249,16 +249,15 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
                               "(answers go to TensorBoard) or export_dir and generate from the export")
         write_predictions(trainer, module, datamodule, Path(cfg.predictions_file))
     if cfg.get("export_dir"):
-        from sft.export import export_causal_lm, export_module
+        from sft.export import export_causal_lm, export_image_module, export_module
 
         if module.hparams.task == "causal_lm":
             export_causal_lm(module, datamodule.tokenizer, Path(cfg.export_dir),
                              end_of_turn_token=datamodule.processor.end_of_turn_token)
             if module.hparams.get("lora"):
                 export_causal_lm(module, datamodule.tokenizer, Path(cfg.export_dir) / "adapter", adapter_only=True)
-        elif not datamodule.hparams.tokenizer:
-            raise ValueError("export_dir: only text models export to a Hugging Face folder so far; "
-                             "use the checkpoint for image models")
+        elif module.hparams.modality == "image":
+            export_image_module(module, datamodule.processor.input, Path(cfg.export_dir))
         else:
             export_module(module, datamodule.tokenizer, Path(cfg.export_dir), datamodule.hparams.max_length)
         log.info("Exported model to %s", cfg.export_dir)

@@ -1,12 +1,15 @@
 """Export a fine-tuned model as a self-contained folder, and load it back for prediction.
 
-The folder holds the encoder in Hugging Face format (config.json, model.safetensors), its
+Text classification: the encoder in Hugging Face format (config.json, model.safetensors), its
 tokenizer, the head's weights (head.safetensors) and sft_model.json (task, label map, pooling).
-It needs neither the training config nor sft's checkpoint to be used:
+Image classification: the backbone (timm weights in backbone.safetensors, or a Hugging Face
+folder), head.safetensors, and sft_model.json with the label map and the input the model
+expects (size, mean, std, interpolation, crop). Neither needs the training config or sft's
+checkpoint to be used:
 
     from sft.export import Predictor
-    predictor = Predictor.load("exported/")
-    predictor.predict(["a gripping, beautifully made film"])
+    predictor = Predictor.load("exported/")          # a text or an image export
+    predictor.predict(["a gripping, beautifully made film"])   # or image paths / arrays / PIL images
 """
 
 from __future__ import annotations
@@ -23,6 +26,25 @@ from sft.models.heads import SequenceClassificationHead
 FORMAT_VERSION = 1
 
 
+def read_export_info(folder: Path) -> dict:
+    info = json.loads((folder / "sft_model.json").read_text())
+    if info.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{folder}/sft_model.json: format_version {info.get('format_version')}, expected {FORMAT_VERSION}")
+    return info
+
+
+def save_head(head: torch.nn.Module, path: Path) -> None:
+    save_file({k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}, path)
+
+
+def load_head(head: torch.nn.Module, path: Path) -> torch.nn.Module:
+    # Loss buffers (class weights) may be present and are not needed to predict; weights must be.
+    missing = head.load_state_dict(load_file(path), strict=False).missing_keys
+    if missing:
+        raise ValueError(f"{path} lacks {missing}")
+    return head
+
+
 def export_module(module, tokenizer, out_dir: str | Path, max_length: int = 512) -> Path:
     if module.hparams.task != "text_classification":
         from sft.tasks import ConfigError
@@ -33,7 +55,7 @@ def export_module(module, tokenizer, out_dir: str | Path, max_length: int = 512)
     out.mkdir(parents=True, exist_ok=True)
     module.backbone.save_pretrained(out)
     tokenizer.save_pretrained(out)
-    save_file({k: v.detach().cpu().contiguous() for k, v in module.head.state_dict().items()}, out / "head.safetensors")
+    save_head(module.head, out / "head.safetensors")
     hp = module.hparams
     (out / "sft_model.json").write_text(json.dumps({
         "format_version": FORMAT_VERSION,
@@ -61,17 +83,17 @@ class Predictor:
         from transformers import AutoModel, AutoTokenizer
 
         folder = Path(folder)
-        info = json.loads((folder / "sft_model.json").read_text())
-        if info.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"{folder}/sft_model.json: format_version {info.get('format_version')}, expected {FORMAT_VERSION}")
+        info = read_export_info(folder)
+        if info["task"] == "image_classification":
+            return ImagePredictor.load(folder, device)
+        if info["task"] != "text_classification":
+            raise ValueError(f"{folder}/sft_model.json: task {info['task']!r} has no Predictor; "
+                             f"load a causal_lm export with transformers' AutoModelForCausalLM")
         backbone = AutoModel.from_pretrained(folder).to(device)
         if getattr(backbone, "pooler", None) is not None:
             backbone.pooler = None
         head = SequenceClassificationHead(info["hidden_size"], info["label_names"], info["pooling"], dropout=0.0)
-        # Loss buffers (class weights) may be present and are not needed to predict; weights must be.
-        missing = head.load_state_dict(load_file(folder / "head.safetensors"), strict=False).missing_keys
-        if missing:
-            raise ValueError(f"{folder}/head.safetensors lacks {missing}")
+        load_head(head, folder / "head.safetensors")
         return cls(backbone, head.to(device), AutoTokenizer.from_pretrained(folder), info["label_names"], info["max_length"])
 
     @torch.inference_mode()
@@ -90,6 +112,90 @@ class Predictor:
         probabilities = self.predict_proba(texts, pairs)
         return [{"label": self.label_names[int(p.argmax())],
                  "probabilities": dict(zip(self.label_names, p.tolist()))} for p in probabilities]
+
+
+def export_image_module(module, input_spec: dict, out_dir: str | Path) -> Path:
+    """An image classifier as backbone + head + the input it expects (`input_spec`: the processor's
+    channels, size, mean, std, interpolation and crop_pct), so predictions need no training config."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    backbone = module.backbone
+    info = {"format_version": FORMAT_VERSION, "task": module.hparams.task, "label_names": list(module.label_names),
+            "family": backbone.family, "num_features": backbone.num_features, "top_k": module.head.top_k,
+            "input": dict(input_spec)}
+    if backbone.family == "timm":
+        # Plain timm keys (built with num_classes=0): timm.create_model(architecture, num_classes=0) loads them too.
+        info["architecture"] = backbone.model.pretrained_cfg["architecture"]
+        info["backbone_options"] = dict(module.hparams.get("backbone_options") or {})
+        save_file({k: v.detach().cpu().contiguous() for k, v in backbone.model.state_dict().items()},
+                  out / "backbone.safetensors")
+    else:
+        backbone.model.save_pretrained(out)
+    save_head(module.head, out / "head.safetensors")
+    (out / "sft_model.json").write_text(json.dumps(info, indent=2) + "\n")
+    return out
+
+
+class ImagePredictor:
+    """Backbone + head + the eval transform from an image export folder. `predict` takes image paths,
+    PIL images or uint8 arrays (H, W[, C]) and returns the label, every class's probability and the
+    top-k labels, as eval.py's predictions_file does."""
+
+    def __init__(self, backbone, head, label_names: list[str], input_spec: dict, top_k: int = 5):
+        from sft.data.images import build_transforms
+
+        self.backbone = backbone.eval()
+        self.head = head.eval()
+        self.label_names = label_names
+        self.input = input_spec
+        self.top_k = min(top_k, len(label_names))
+        self.transform = build_transforms(False, input_spec["size"], input_spec["mean"], input_spec["std"],
+                                          input_spec["interpolation"], input_spec["crop_pct"])
+
+    @classmethod
+    def load(cls, folder: str | Path, device: str = "cpu") -> "ImagePredictor":
+        from sft.models.image_backbones import load_image_backbone
+        from sft.models.image_head import ImageClassificationHead
+
+        folder = Path(folder)
+        info = read_export_info(folder)
+        if info["family"] == "timm":
+            backbone = load_image_backbone(str(folder / "backbone.safetensors"), info["architecture"],
+                                           options=info.get("backbone_options"))
+        else:
+            backbone = load_image_backbone(str(folder))
+        head = load_head(ImageClassificationHead(info["num_features"], info["label_names"], top_k=info["top_k"]),
+                         folder / "head.safetensors")
+        return cls(backbone.to(device), head.to(device), info["label_names"], info["input"], info["top_k"])
+
+    def pixels(self, image) -> torch.Tensor:
+        from sft.data.images import open_image, to_tensor
+
+        channels = self.input["channels"]
+        if isinstance(image, (str, Path)):
+            image = open_image(str(image), "L" if channels == 1 else "RGB")
+        elif hasattr(image, "convert"):  # a PIL image
+            image = image.convert("L" if channels == 1 else "RGB")
+        return self.transform(to_tensor(image, channels))
+
+    @torch.inference_mode()
+    def predict_proba(self, images: Sequence, batch_size: int = 64) -> torch.Tensor:
+        device = next(self.backbone.parameters()).device
+        chunks = []
+        for start in range(0, len(images), batch_size):
+            pixels = torch.stack([self.pixels(image) for image in images[start:start + batch_size]]).to(device)
+            chunks.append(self.head.predict(self.head(self.backbone(pixels), {}))["probabilities"].cpu())
+        return torch.cat(chunks)
+
+    def predict(self, images: Sequence) -> list[dict]:
+        rows = []
+        for p in self.predict_proba(images):
+            top = p.topk(self.top_k)
+            rows.append({"label": self.label_names[int(p.argmax())],
+                         "probabilities": dict(zip(self.label_names, p.tolist())),
+                         "top_k": [{"label": self.label_names[int(i)], "probability": float(v)}
+                                   for v, i in zip(top.values, top.indices)]})
+        return rows
 
 
 def export_causal_lm(module, tokenizer, out_dir: str | Path, adapter_only: bool = False,

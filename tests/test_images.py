@@ -166,6 +166,46 @@ def test_eval_writes_top_k_predictions(folder_run, tmp_path):
     assert np.mean([r["prediction"] == r["label"] for r in rows]) == pytest.approx(metrics["test/acc"])
 
 
+def eval_with_export(run_dir: Path, tmp_path: Path) -> tuple[list[dict], Path]:
+    """eval.py on the run's best checkpoint, writing predictions and an export folder."""
+    predictions, export = tmp_path / "predictions.jsonl", tmp_path / "export"
+    evaluate(compose_config("eval", [f"ckpt_path={run_dir / 'checkpoints' / 'best.ckpt'}", "trainer.accelerator=cpu",
+                                     f"predictions_file={predictions}", f"export_dir={export}",
+                                     "extras.print_config=false"], tmp_path / "eval_run"))
+    return [json.loads(line) for line in predictions.read_text().splitlines()], export
+
+
+def assert_predictor_matches_eval(predictor, images: list, rows: list[dict]) -> None:
+    """The export predicts what eval.py predicted on the same test images, with the same probabilities."""
+    assert len(images) == len(rows) > 0
+    for row, answer in zip(rows, predictor.predict(images)):
+        assert answer["label"] == row["prediction"]
+        assert [t["label"] for t in answer["top_k"]] == [t["label"] for t in row["top_k"]]
+        for ours, theirs in zip(answer["top_k"], row["top_k"]):
+            assert ours["probability"] == pytest.approx(theirs["probability"], abs=1e-4)
+
+
+def test_timm_export_predicts_like_eval(folder_run, tmp_path):
+    import timm
+    from safetensors.torch import load_file
+
+    from sft.export import ImagePredictor, Predictor
+
+    _, run_dir, _, _ = folder_run
+    rows, export = eval_with_export(run_dir, tmp_path)
+    predictor = Predictor.load(export)  # one entry point for text and image exports
+    assert isinstance(predictor, ImagePredictor) and predictor.label_names == sorted(COLORS)
+    assert_predictor_matches_eval(predictor, [row["image"] for row in rows], rows)
+    # A PIL image and a decoded array are prepared exactly as the file they came from.
+    first = rows[0]["image"]
+    by_path, by_pil, by_array = predictor.predict_proba([first, Image.open(first), np.array(Image.open(first))])
+    assert torch.allclose(by_path, by_pil) and torch.allclose(by_path, by_array)
+    # The backbone file is plain timm: timm itself loads it, strictly.
+    info = json.loads((export / "sft_model.json").read_text())
+    assert info["architecture"] == "test_efficientnet" and info["input"]["size"] == 32
+    timm.create_model(info["architecture"], num_classes=0).load_state_dict(load_file(export / "backbone.safetensors"))
+
+
 def test_csv_layout_learns_with_random_init_timm_and_ema(tmp_path):
     """CSV listing of JPEGs, random-init timm model, weights averaged by the EMA callback (which then
     also supplies the validated, checkpointed and tested weights)."""
@@ -199,6 +239,14 @@ def test_array_layout_with_hf_vit_learns(tmp_path, tiny_vit_dir):
     metrics = train(cfg, extra_callbacks=[recorder])
     assert_learns(recorder.losses, metrics)
     assert {"test/f1_r", "test/f1_g", "test/f1_b"} <= set(metrics)  # the arrays' own class names
+
+    from sft.export import Predictor
+
+    rows, export = eval_with_export(tmp_path / "run", tmp_path)
+    images = np.load(arrays)["images"]
+    test_images = [images[int(row["source"].rsplit(" item ", 1)[1])] for row in rows]
+    assert (export / "config.json").is_file()  # the ViT as a Hugging Face folder
+    assert_predictor_matches_eval(Predictor.load(export), test_images, rows)
 
 
 def test_normalization_comes_from_the_backbone(tiny_vit_dir, timm_weights_file):
