@@ -71,7 +71,7 @@ class SFTModule(L.LightningModule):
         if freeze_backbone:
             self.backbone.requires_grad_(False)
         self.head = build_head(task, hidden_size, label_names, **head_options)
-        self.flops_per_batch = None  # set it (e.g. with lightning's measure_flops) to get MFU in the throughput logs
+        self.flops_per_batch = None  # set per batch by SFTThroughputMonitor, for FLOP/s and MFU in the logs
         if lora:  # peft LoRA adapters: the backbone's own weights freeze, only adapters (and the head) train
             from sft.models.causal_lm import apply_lora
 
