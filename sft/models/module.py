@@ -36,6 +36,7 @@ class SFTModule(L.LightningModule):
         backbone_options: Optional[dict] = None,
         layer_decay: Optional[float] = None,
         channels_last: bool = False,
+        compile: bool | dict = False,
         **head_options,
     ):
         super().__init__()
@@ -77,6 +78,9 @@ class SFTModule(L.LightningModule):
 
             self.backbone = apply_lora(self.backbone, lora, getattr(self.head, "peft_task_type", None))
             self.strict_loading = False  # adapter-only checkpoints (see on_save_checkpoint)
+        if compile:
+            compile_backbone(self.backbone, compile if isinstance(compile, dict) else {},
+                             decoder=hasattr(self.head, "features"))
         self.train_metrics = self.head.make_metrics("train/")
         # Saved in checkpoints, so an epoch resumed mid-way reports the same train metrics.
         self.train_metrics.persistent(True)
@@ -161,3 +165,12 @@ class SFTModule(L.LightningModule):
             return optimizer
         scheduler = self.scheduler_factory(optimizer, total_steps=self.trainer.estimated_stepping_batches)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def compile_backbone(backbone: torch.nn.Module, options: dict, decoder: bool = False) -> None:
+    """torch.compile the part of the backbone the steps call, in place (parameter names, and so
+    checkpoints, stay as they are). Batch lengths vary (multiples of 8 with dynamic padding):
+    after the first change torch marks the length dynamic, so a run compiles a few times, not
+    once per length; the recompile limit stays torch's default."""
+    # A causal LM's steps call its decoder (see CausalLMHead.features), not its forward.
+    (backbone.get_decoder() if decoder else backbone).compile(**options)
