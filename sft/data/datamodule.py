@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import logging
 import os
+from pathlib import Path
 from typing import Optional
 
 import lightning as L
@@ -14,6 +15,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset
 
 from sft import assets
+from sft.data import encode_cache
 from sft.data.samplers import ResumableSampler
 from sft.data.chat import ChatProcessor
 from sft.data.sources import DataError, Table, read_table
@@ -95,6 +97,7 @@ class SFTDataModule(L.LightningDataModule):
         label_names: Optional[list[str]] = None,
         trust_remote_code: bool = False,
         max_train_records: Optional[int] = None,
+        cache_encoded: bool = True,
         **task_options,
     ):
         super().__init__()
@@ -200,10 +203,39 @@ class SFTDataModule(L.LightningDataModule):
         learn = getattr(self.processor, "head_options", None)
         return learn(self.tables()["train"]) if learn else {}
 
+    def _encode_cache_file(self, split: str) -> Optional[Path]:
+        """Where this split's tokenized examples are kept between runs (None: not cached)."""
+        hp = self.hparams
+        if not hp.cache_encoded or TASK_MODALITY[hp.task] == "image":  # images are decoded per batch anyway
+            return None
+        files = [self._train_source()[0], hp.val_file, hp.test_file]
+        if hp.dataset:
+            files += [assets.split_file(hp.dataset, name) for name in ("val", "test")]
+        state = getattr(self.processor, "checkpoint_state", None)
+        return encode_cache.entry_path(assets.cache_root() / "encoded", {
+            "split": split,
+            "settings": {k: v for k, v in hp.items() if k not in encode_cache.LOADER_ONLY},
+            "label_names": self.processor.label_names,
+            "files": [encode_cache.file_fingerprint(str(f) if f else None) for f in files],
+            "tokenizer": encode_cache.tokenizer_fingerprint(self.tokenizer),
+            "processor_state": state() if state is not None else None,
+        })
+
+    def _encode(self, split: str):
+        cache_file = self._encode_cache_file(split)
+        cached = encode_cache.load(cache_file) if cache_file is not None else None
+        if cached is not None:
+            rank_zero_info(f"[data] {split}: tokenized examples read from {cache_file} (data.cache_encoded)")
+            return cached
+        examples, report = self.processor.encode(self.tables()[split])
+        if cache_file is not None:
+            encode_cache.save(cache_file, (examples, report))
+        return examples, report
+
     def encoded(self, split: str) -> EncodedDataset:
         if split not in self._encoded:
             self.label_names  # noqa: B018 - the label map must exist before encoding
-            examples, report = self.processor.encode(self.tables()[split])
+            examples, report = self._encode(split)
             arrange = getattr(self.processor, "arrange", None)  # e.g. packing of training rows
             if arrange is not None:
                 examples = arrange(split, examples)

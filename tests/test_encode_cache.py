@@ -1,0 +1,89 @@
+"""Tokenized splits are reused from disk only while nothing that shaped them has changed."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from sft.data.datamodule import SFTDataModule
+from tests.conftest import write_sentiment_csv
+
+
+@pytest.fixture
+def cache_root(tmp_path, monkeypatch):
+    monkeypatch.setenv("SFT_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache" / "encoded"
+
+
+def encode_calls(monkeypatch) -> list:
+    """Counts the processor's encode() calls (the work the cache saves)."""
+    from sft.data.text_classification import TextClassificationProcessor
+
+    calls = []
+    original = TextClassificationProcessor.encode
+
+    def counting(self, table, *args, **kwargs):
+        calls.append(table.path)
+        return original(self, table, *args, **kwargs)
+
+    monkeypatch.setattr(TextClassificationProcessor, "encode", counting)
+    return calls
+
+
+def datamodule(tokenizer: str, train_file, **options) -> SFTDataModule:
+    dm = SFTDataModule(task="text_classification", tokenizer=tokenizer, train_file=str(train_file), **options)
+    dm.setup("fit")
+    return dm
+
+
+def test_second_run_reads_the_cache(tiny_model_dir, tmp_path, cache_root, monkeypatch):
+    data = write_sentiment_csv(tmp_path / "train.csv", rows=60)
+    calls = encode_calls(monkeypatch)
+    first = datamodule(tiny_model_dir, data)
+    assert len(calls) == 2 and len(list(cache_root.glob("*.pkl"))) == 2  # train and val
+    second = datamodule(tiny_model_dir, data, batch_size=4, num_workers=0)  # batching does not matter
+    assert len(calls) == 2
+    for split in ("train", "val"):
+        assert second.encoded(split).examples == first.encoded(split).examples
+    assert second.report == first.report
+
+
+@pytest.mark.parametrize("change", ["file", "max_length", "split_seed", "tokenizer"])
+def test_any_change_that_shapes_the_examples_encodes_again(tiny_model_dir, tmp_path, cache_root, monkeypatch, change):
+    data = write_sentiment_csv(tmp_path / "train.csv", rows=60)
+    datamodule(tiny_model_dir, data)
+    calls = encode_calls(monkeypatch)
+    options, tokenizer = {}, tiny_model_dir
+    if change == "file":
+        write_sentiment_csv(data, rows=60, seed=1)  # same size, new content and time
+        os.utime(data, ns=(os.stat(data).st_atime_ns, os.stat(data).st_mtime_ns + 1_000_000))
+    elif change == "max_length":
+        options["max_length"] = 8
+    elif change == "split_seed":
+        options["split_seed"] = 7
+    else:  # the same vocabulary, but no lower-casing: other ids for the same text
+        from transformers import BertTokenizerFast
+
+        tokenizer = str(tmp_path / "cased")
+        BertTokenizerFast(vocab=os.path.join(tiny_model_dir, "vocab.txt"), do_lower_case=False).save_pretrained(tokenizer)
+    datamodule(tokenizer, data, **options)
+    assert len(calls) == 2
+
+
+def test_cache_can_be_turned_off(tiny_model_dir, tmp_path, cache_root, monkeypatch):
+    data = write_sentiment_csv(tmp_path / "train.csv", rows=60)
+    calls = encode_calls(monkeypatch)
+    datamodule(tiny_model_dir, data, cache_encoded=False)
+    datamodule(tiny_model_dir, data, cache_encoded=False)
+    assert len(calls) == 4 and not cache_root.exists()
+
+
+def test_torn_entry_is_encoded_again(tiny_model_dir, tmp_path, cache_root, monkeypatch):
+    data = write_sentiment_csv(tmp_path / "train.csv", rows=60)
+    first = datamodule(tiny_model_dir, data)
+    for entry in cache_root.glob("*.pkl"):
+        entry.write_bytes(entry.read_bytes()[:100])
+    calls = encode_calls(monkeypatch)
+    again = datamodule(tiny_model_dir, data)
+    assert len(calls) == 2 and again.encoded("train").examples == first.encoded("train").examples
