@@ -413,3 +413,21 @@ def test_null_pair_text(tiny_model_dir, tmp_path):
     dm = datamodule(tiny_model_dir, train, val=train, test=train, text_column="premise", text_pair_column="hypothesis")
     with pytest.raises(DataError, match=r"train\.jsonl:2: field 'hypothesis' is missing or null"):
         dm.setup("fit")
+
+
+def test_worker_count_auto_follows_the_cpus(monkeypatch):
+    import os
+
+    from sft.data.datamodule import worker_count
+    from sft.tasks import ConfigError
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    assert worker_count("auto") == 15  # one CPU stays with the training process
+    assert worker_count("auto", devices=4) == 3  # a node's CPUs are shared by its devices' processes
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    assert worker_count("auto") == 1
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(256)), raising=False)
+    assert worker_count("auto") == 16
+    assert worker_count(3) == 3 and worker_count("0") == 0
+    with pytest.raises(ConfigError, match="data.num_workers='many'"):
+        worker_count("many")

@@ -61,6 +61,18 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
     return tokenizer
 
 
+def worker_count(setting: int | str, devices: int = 1) -> int:
+    """data.num_workers: a number, or "auto": the CPUs this process may use, shared by the
+    devices of this node, less one for the training process itself (at most 16)."""
+    if setting != "auto":
+        try:
+            return max(0, int(setting))
+        except (TypeError, ValueError):
+            raise ConfigError(f"data.num_workers={setting!r}: expected a number of worker processes or auto") from None
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(16, cpus // max(1, devices) - 1))
+
+
 def seeded_split(n: int, fraction: float, seed: int, of: Optional[int] = None) -> tuple[list[int], list[int]]:
     """(kept, carved) index lists of n records; the carved part holds round(of * fraction) records, at
     least one, where `of` (default n) is the count the fraction refers to (the whole training file)."""
@@ -91,7 +103,7 @@ class SFTDataModule(L.LightningDataModule):
         max_length: int = 128,
         batch_size: int = 32,
         eval_batch_size: Optional[int] = None,
-        num_workers: int = 0,
+        num_workers: int | str = 0,
         pad_to_multiple_of: Optional[int] = 8,
         group_by_length: bool = True,
         label_names: Optional[list[str]] = None,
@@ -261,13 +273,18 @@ class SFTDataModule(L.LightningDataModule):
         # Processors whose collator differs by split (image augmentation) take `train`.
         split_kwargs = {"train": split == "train"} if "train" in inspect.signature(make_collator).parameters else {}
         return DataLoader(
-            self.encoded(split), batch_size=batch_size, sampler=sampler, num_workers=hp.num_workers,
+            self.encoded(split), batch_size=batch_size, sampler=sampler, num_workers=self.num_workers,
             collate_fn=make_collator(hp.pad_to_multiple_of, **split_kwargs),
-            pin_memory=torch.cuda.is_available(), persistent_workers=hp.num_workers > 0,
+            pin_memory=torch.cuda.is_available(), persistent_workers=self.num_workers > 0,
             # A loader's own generator: making an iterator (every validation) never draws from the
             # global RNG, so dropout sees the same random stream in a resumed and an uninterrupted run.
             generator=torch.Generator().manual_seed(self._order_seed()),
         )
+
+    @property
+    def num_workers(self) -> int:
+        devices = self.trainer.num_devices if self.trainer is not None else 1
+        return worker_count(self.hparams.num_workers, devices)
 
     @staticmethod
     def _order_seed() -> int:
@@ -283,9 +300,9 @@ class SFTDataModule(L.LightningDataModule):
         accumulate = self.trainer.accumulate_grad_batches if self.trainer is not None else 1
         sampler = StepBatchSampler([supervised_count(item) for item in dataset.examples], batch_size, accumulate, shuffle)
         return DataLoader(
-            StepNormalizedDataset(dataset), batch_sampler=sampler, num_workers=hp.num_workers,
+            StepNormalizedDataset(dataset), batch_sampler=sampler, num_workers=self.num_workers,
             collate_fn=self.processor.make_collator(hp.pad_to_multiple_of),
-            pin_memory=torch.cuda.is_available(), persistent_workers=hp.num_workers > 0,
+            pin_memory=torch.cuda.is_available(), persistent_workers=self.num_workers > 0,
         )
 
     def generation_examples(self, split: str, limit: int) -> list[dict]:
