@@ -125,7 +125,7 @@ class RecordLoss(Callback):
 def full_run(tiny_llama_dir, chat_jsonl, tmp_path_factory):  # noqa: F811
     run_dir = tmp_path_factory.mktemp("chat_full") / "run"
     cfg = compose_config("train", chat_overrides(tiny_llama_dir, chat_jsonl, [
-        "trainer.max_epochs=3", "callbacks=chat", "callbacks.generate.max_new_tokens=4"]), run_dir)
+        "trainer.max_epochs=5", "callbacks=chat", "callbacks.generate.max_new_tokens=4"]), run_dir)
     record = RecordLoss()
     metrics = train(cfg, extra_callbacks=[record])
     return run_dir, metrics, record.losses

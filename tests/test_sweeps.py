@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.chat_fixtures import chat_jsonl, chat_overrides, tiny_llama_dir  # noqa: F401 - fixtures
 from tests.conftest import tiny_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -106,6 +107,42 @@ def test_ddp_sim_multirun_one_directory_per_job(tiny_model_dir, sentiment_csv, t
         saved = torch.load(job / "checkpoints" / "last.ckpt", weights_only=True)
         assert saved["global_step"] == 2
     assert [r["status"] for r in read_summary(sweep)] == ["ok", "ok"]
+
+
+@pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+                    reason="needs torch.distributed with gloo")
+@pytest.mark.parametrize("task", ["text_classification", "causal_lm"])
+def test_ddp_ranks_split_each_epoch_between_them(task, tiny_model_dir, sentiment_csv, tiny_llama_dir, chat_jsonl,
+                                                 tmp_path, monkeypatch):
+    """Under DDP the two ranks together see every training example once per epoch (none left
+    out, none twice beyond the padding to equal shares), in sft's own seeded sampler."""
+    from omegaconf import OmegaConf
+
+    from sft.data.datamodule import SFTDataModule
+    from tests.conftest import compose_config
+
+    if task == "causal_lm":
+        overrides = chat_overrides(tiny_llama_dir, chat_jsonl, ["data.batch_size=4", "trainer.accumulate_grad_batches=2"])
+    else:
+        overrides = tiny_overrides(tiny_model_dir, sentiment_csv, ["data.batch_size=16"])
+    data_cfg = OmegaConf.to_container(compose_config("train", overrides, tmp_path / "single").data, resolve=True)
+    data_cfg.pop("_target_")
+    single = SFTDataModule(**data_cfg)
+    single.setup("fit")
+    expected = [tuple(example["input_ids"]) for example in single.encoded("train").examples]
+
+    monkeypatch.setenv("PROBE_DIR", str(tmp_path))
+    run(overrides + ["trainer=ddp_sim", "trainer.max_epochs=1", "callbacks.early_stopping=null", "logger=csv",
+                     "+callbacks.probe._target_=tests.probes.TrainDataProbe", f"hydra.run.dir={tmp_path / 'run'}"],
+        cwd=ROOT)
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    for probe in ranks:
+        assert probe["sampler"] in ("ResumableSampler", "StepBatchSampler")  # not wrapped again by Lightning
+        assert probe["batches"] == probe["dataloader_len"]
+        assert len(probe["rows"]) >= len(expected) // 2 - 4  # half each
+    seen = [tuple(row) for probe in ranks for row in probe["rows"]]
+    assert set(seen) == set(expected)
+    assert 0 <= len(seen) - len(expected) < 4  # repeats: only the padding to equal shares
 
 
 def test_sigkill_then_resume_completes(tiny_model_dir, sentiment_csv, tmp_path):

@@ -297,13 +297,27 @@ class SFTDataModule(L.LightningDataModule):
 
         hp = self.hparams
         dataset = self.encoded("train")
-        accumulate = self.trainer.accumulate_grad_batches if self.trainer is not None else 1
-        sampler = StepBatchSampler([supervised_count(item) for item in dataset.examples], batch_size, accumulate, shuffle)
+        trainer = self.trainer
+        sampler = StepBatchSampler([supervised_count(item) for item in dataset.examples], batch_size,
+                                   trainer.accumulate_grad_batches if trainer is not None else 1, shuffle,
+                                   seed=self._order_seed(), num_replicas=trainer.world_size if trainer else 1,
+                                   rank=trainer.global_rank if trainer else 0)
+        if sampler.padded_batches:
+            rank_zero_info(f"[data] train: {sampler.padded_batches} micro-batches repeated so that each of "
+                           f"{sampler.num_replicas} ranks gets {sampler.num_samples} per epoch")
+        self._use_train_sampler(sampler)
         return DataLoader(
-            StepNormalizedDataset(dataset), batch_sampler=sampler, num_workers=self.num_workers,
+            StepNormalizedDataset(dataset), sampler=sampler, batch_size=None, num_workers=self.num_workers,
             collate_fn=self.processor.make_collator(hp.pad_to_multiple_of),
             pin_memory=torch.cuda.is_available(), persistent_workers=self.num_workers > 0,
         )
+
+    def _use_train_sampler(self, sampler: ResumableSampler) -> None:
+        """The sampler whose position checkpoints record; a resumed run continues from it."""
+        self._train_sampler = sampler
+        if self._resume_order:
+            sampler.resume_at(**self._resume_order)
+            self._resume_order = None
 
     def generation_examples(self, split: str, limit: int) -> list[dict]:
         """Prompts and reference answers of the first `limit` records of a split (causal_lm)."""
@@ -319,14 +333,12 @@ class SFTDataModule(L.LightningDataModule):
         # The shuffled order depends on (seed, epoch) only, and its position is saved in checkpoints.
         grouped = self.hparams.group_by_length and dataset.examples and "input_ids" in dataset.examples[0]
         lengths = [len(example["input_ids"]) for example in dataset.examples] if grouped else None
-        self._train_sampler = ResumableSampler(
+        sampler = ResumableSampler(
             len(dataset), batch_size=self.hparams.batch_size, seed=self._order_seed(), lengths=lengths,
             shuffle=not (trainer and trainer.overfit_batches), num_replicas=trainer.world_size if trainer else 1,
             rank=trainer.global_rank if trainer else 0)
-        if self._resume_order:
-            self._train_sampler.resume_at(**self._resume_order)
-            self._resume_order = None
-        return self._loader("train", sampler=self._train_sampler)
+        self._use_train_sampler(sampler)
+        return self._loader("train", sampler=sampler)
 
     # -- checkpoint state: the processor's (e.g. a causal_lm run's exact chat template and special
     # tokens) and where in the epoch's data order training stands ---------------------------------

@@ -19,7 +19,9 @@ import bisect
 from typing import Iterator, Optional, Sequence
 
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset
+
+from sft.data.samplers import ResumableSampler
 
 IGNORE = -100
 
@@ -91,37 +93,50 @@ class CausalLMCollator:
         return batch
 
 
-class StepBatchSampler(Sampler[list]):
+class StepBatchSampler(ResumableSampler):
     """Micro-batches of `batch_size`, grouped `accumulate` to an optimizer step as Lightning
-    groups them; each index is yielded with its step's loss denominator.
+    groups them; each index is yielded with its step's loss denominator. It yields whole
+    micro-batches, so the DataLoader takes it as `sampler` with `batch_size=None`.
 
-    Order: a fresh permutation per epoch drawn from torch's global generator (as RandomSampler
-    does), so `seed` makes it reproducible."""
+    Order: a permutation per epoch drawn from (seed, epoch), resumable mid-epoch like
+    ResumableSampler. Under DDP a global step holds `num_replicas x accumulate` micro-batches;
+    rank r takes every r-th one, and its denominator counts its own tokens of the step (the
+    causal-LM loss sums the denominators over ranks). The micro-batches are padded to a multiple
+    of the rank count by repeating the first ones, as DistributedSampler pads, so every rank
+    runs the same number of steps."""
 
-    def __init__(self, supervised: Sequence[int], batch_size: int, accumulate: int = 1, shuffle: bool = True):
+    def __init__(self, supervised: Sequence[int], batch_size: int, accumulate: int = 1, shuffle: bool = True,
+                 seed: int = 0, num_replicas: int = 1, rank: int = 0):
+        super().__init__(len(supervised), batch_size, seed, shuffle, num_replicas=num_replicas, rank=rank)
         self.supervised = list(supervised)
-        self.batch_size = batch_size
         self.accumulate = max(1, int(accumulate))
-        self.shuffle = shuffle
+        self.num_samples = -(-self._global_batches() // num_replicas)  # micro-batches per rank
 
-    def __len__(self) -> int:
+    def _global_batches(self) -> int:
         return -(-len(self.supervised) // self.batch_size)
 
+    @property
+    def padded_batches(self) -> int:
+        """Micro-batches repeated so that every rank gets as many (counted, not silent)."""
+        return self.num_samples * self.num_replicas - self._global_batches()
+
+    @property
+    def _items_per_batch(self) -> int:
+        return 1  # resuming skips whole micro-batches
+
     def __iter__(self) -> Iterator[list]:
-        n = len(self.supervised)
-        if self.shuffle:
-            seed = int(torch.empty((), dtype=torch.int64).random_().item())
-            order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
-        else:
-            order = list(range(n))
-        batches = [order[k:k + self.batch_size] for k in range(0, n, self.batch_size)]
-        for s in range(0, len(batches), self.accumulate):
-            step = batches[s:s + self.accumulate]
+        order = self.epoch_order().tolist()
+        batches = [order[k:k + self.batch_size] for k in range(0, len(order), self.batch_size)]
+        batches += batches[:self.padded_batches]
+        per_step = self.num_replicas * self.accumulate
+        mine = []
+        for s in range(0, len(batches), per_step):
+            step = batches[s:s + per_step][self.rank::self.num_replicas]
             tokens = sum(self.supervised[i] for batch in step for i in batch)
             # Lightning divides every micro-batch loss by `accumulate`, also in a short last step.
             denominator = max(tokens, 1) / self.accumulate
-            for batch in step:
-                yield [(i, denominator) for i in batch]
+            mine += [[(i, denominator) for i in batch] for batch in step]
+        return iter(self._skip_trained(mine))
 
 
 class StepNormalizedDataset(Dataset):
@@ -134,6 +149,8 @@ class StepNormalizedDataset(Dataset):
         return len(self.dataset)
 
     def __getitem__(self, key):
+        if isinstance(key, list):  # a whole micro-batch from StepBatchSampler
+            return [self[item] for item in key]
         if isinstance(key, tuple):
             index, denominator = key
             return {**self.dataset[index], "loss_denominator": denominator}

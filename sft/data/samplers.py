@@ -13,7 +13,7 @@ import math
 from typing import Iterator, Optional, Sequence
 
 import numpy as np
-from torch.utils.data import Sampler
+from torch.utils.data import DistributedSampler
 
 
 def length_grouped_order(lengths: np.ndarray, batch_size: int, rng: np.random.Generator,
@@ -42,35 +42,44 @@ def length_grouped_order(lengths: np.ndarray, batch_size: int, rng: np.random.Ge
     return np.concatenate(batches + tail)
 
 
-class ResumableSampler(Sampler[int]):
+class ResumableSampler(DistributedSampler):
     """This rank's share of the epoch's order, skipping what a resumed run already trained on.
 
     With `lengths`, batches are length-grouped (grouped over the global batch, batch_size x
     ranks, so every rank's batch holds neighbouring lengths); without, a plain shuffle. Like
     DistributedSampler, the order is padded to a multiple of the rank count and rank r takes
-    every r-th index, so Lightning leaves it in place under DDP.
+    every r-th index. It is a DistributedSampler so that Lightning leaves it in place under DDP
+    (Lightning wraps any other sampler in one more DistributedSampler, which would shard the
+    already sharded order again and reshuffle it).
     """
 
     def __init__(self, num_examples: int, batch_size: int, seed: int, shuffle: bool = True,
                  lengths: Optional[Sequence[int]] = None, num_replicas: int = 1, rank: int = 0,
                  group_batches: int = 50):
+        # range() stands in for the dataset: the parent only needs its length.
+        super().__init__(range(num_examples), num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed)
         self.num_examples = num_examples
         self.batch_size = batch_size
-        self.seed = seed
-        self.shuffle = shuffle
         self.lengths = None if lengths is None else np.asarray(lengths)
-        self.num_replicas = num_replicas
-        self.rank = rank
         self.group_batches = group_batches
-        self.epoch = 0
         self.num_samples = math.ceil(num_examples / num_replicas)
         self._resume: Optional[tuple[int, int]] = None  # (epoch, batches already trained in it)
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
     def resume_at(self, epoch: int, batches_done: int) -> None:
         self._resume = (int(epoch), int(batches_done))
+
+    def _skip_trained(self, batches: list) -> list:
+        """`batches` of this epoch (indices, or micro-batches), less those a resumed run already trained on."""
+        if self._resume is not None:
+            epoch, batches_done = self._resume
+            self._resume = None  # applies to the interrupted epoch only
+            if epoch == self.epoch:
+                return batches[batches_done * self._items_per_batch:]
+        return batches
+
+    @property
+    def _items_per_batch(self) -> int:
+        return self.batch_size
 
     def __len__(self) -> int:
         return self.num_samples
@@ -89,10 +98,4 @@ class ResumableSampler(Sampler[int]):
         padding = self.num_samples * self.num_replicas - len(order)
         if padding:
             order = np.concatenate([order, order[:padding]])
-        indices = order[self.rank::self.num_replicas].tolist()
-        if self._resume is not None:
-            epoch, batches_done = self._resume
-            self._resume = None  # applies to the interrupted epoch only
-            if epoch == self.epoch:
-                indices = indices[batches_done * self.batch_size:]
-        return iter(indices)
+        return iter(self._skip_trained(order[self.rank::self.num_replicas].tolist()))

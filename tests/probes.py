@@ -1,0 +1,28 @@
+"""Callbacks that tests load into train.py subprocesses (by `+callbacks.NAME._target_=tests.probes...`)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from lightning.pytorch.callbacks import Callback
+
+
+class TrainDataProbe(Callback):
+    """Writes, per rank, what the first training epoch fed it: sampler type, batch count and the
+    token ids of every row without padding, to `PROBE_DIR/rank{N}.json`."""
+
+    def __init__(self):
+        self.batches, self.rows = 0, []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.current_epoch == 0:
+            self.batches += 1
+            self.rows += [row[mask.bool()].tolist() for row, mask in zip(batch["input_ids"], batch["attention_mask"])]
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        if trainer.current_epoch == 0:
+            path = os.path.join(os.environ["PROBE_DIR"], f"rank{trainer.global_rank}.json")
+            with open(path, "w") as f:
+                json.dump({"sampler": type(trainer.train_dataloader.sampler).__name__, "batches": self.batches,
+                           "dataloader_len": len(trainer.train_dataloader), "rows": self.rows}, f)
