@@ -71,24 +71,29 @@ class NonFiniteLossGuard(Callback):
         self.action = action
         self.skipped = 0
         self._batch_idx = 0
-        self._bad_loss: Optional[float] = None
+        self._losses: Optional[torch.Tensor] = None  # this optimizer step's micro-batch losses
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
         self._batch_idx = batch_idx
 
     def on_before_backward(self, trainer, pl_module, loss: torch.Tensor) -> None:
-        if not torch.isfinite(loss.detach()).all():
-            self._bad_loss = float(loss.detach().float().mean())
+        # Kept on the device: checked once per optimizer step, with the gradients.
+        loss = loss.detach().float().reshape(-1)
+        self._losses = loss if self._losses is None else torch.cat([self._losses, loss])
 
     def on_before_optimizer_step(self, trainer: L.Trainer, pl_module, optimizer) -> None:
-        bad_loss, self._bad_loss = self._bad_loss, None
+        losses, self._losses = self._losses, None
+        checks = [] if losses is None else [losses.sum()]  # NaN or inf anywhere makes the sum non-finite
         # fp16 loss scaling produces inf gradients on purpose (the scaler then skips the step).
-        check_grads = "16-mixed" not in str(trainer.precision) or "bf16" in str(trainer.precision)
-        bad_grads = check_grads and any(
-            p.grad is not None and not torch.isfinite(p.grad).all() for p in pl_module.parameters())
-        if bad_loss is None and not bad_grads:
+        if "16-mixed" not in str(trainer.precision) or "bf16" in str(trainer.precision):
+            grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
+            if grads:  # the largest |gradient| (NaN propagates), in a few fused kernels
+                checks.append(torch.nn.utils.get_total_norm(grads, norm_type=float("inf")))
+        # One host synchronisation per optimizer step, not one per parameter.
+        if not checks or bool(torch.isfinite(torch.stack([c.float().to(checks[0].device) for c in checks])).all()):
             return
-        what = f"train loss {bad_loss}" if bad_loss is not None else "non-finite gradients"
+        bad_loss = losses is not None and not bool(torch.isfinite(losses).all())
+        what = f"train loss {float(losses[~torch.isfinite(losses)][0])}" if bad_loss else "non-finite gradients"
         where = (f"at global step {trainer.global_step} (epoch {trainer.current_epoch}, batch {self._batch_idx} "
                  f"of the epoch)")
         if self.action == "stop":
