@@ -332,12 +332,15 @@ def test_mixup_cutmix_soft_targets(mix):
                                              label_names=["a", "b", "c", "d"], **mix)
     rng = np.random.default_rng(0)
     items = [{"image": rng.integers(0, 255, (20, 20, 3), dtype=np.uint8), "labels": i % 4} for i in range(7)]
-    batch = processor.make_collator(train=True)(items)
+    collated = processor.make_collator(train=True)(items)
+    assert collated["pixel_values"].dtype == torch.uint8  # mixing happens on the device, after the copy
+    batch = processor.on_device(collated, train=True)
+    assert batch["pixel_values"].dtype == torch.float32
     soft = batch["soft_labels"]
     assert soft.shape == (7, 4)
     assert torch.allclose(soft.sum(-1), torch.ones(7))
     assert (soft.max(-1).values < 1).any()  # targets really are mixed
-    assert "soft_labels" not in processor.make_collator(train=False)(items)  # evaluation stays unmixed
+    assert "soft_labels" not in processor.on_device(processor.make_collator(train=False)(items), train=False)
 
     head = ImageClassificationHead(8, ["a", "b", "c", "d"], label_smoothing=0.1)
     logits = torch.randn(7, 4, requires_grad=True)
@@ -346,6 +349,28 @@ def test_mixup_cutmix_soft_targets(mix):
     assert torch.isfinite(loss) and logits.grad.abs().sum() > 0
     one_hot = {"labels": batch["labels"], "soft_labels": torch.nn.functional.one_hot(batch["labels"], 4).float()}
     assert head.loss(logits, one_hot).item() == pytest.approx(head.loss(logits, {"labels": batch["labels"]}).item(), rel=1e-5)
+
+
+def test_batches_travel_as_uint8_and_are_finished_on_the_device(tmp_path):
+    """Workers hand over uint8 (a quarter of the bytes to pin and copy); after the transfer the
+    batch is normalized exactly as torchvision's ToDtype + Normalize would, and random erasing
+    draws a box per image."""
+    from torchvision.transforms import v2
+
+    dm = image_datamodule(write_arrays(tmp_path / "train.npz", per_class=8),
+                          train_transforms={"crop_scale": None, "hflip": 0.0, "random_erasing": 1.0})
+    dm.setup("fit")
+    collated = next(iter(dm.val_dataloader()))
+    assert collated["pixel_values"].dtype == torch.uint8
+    finished = dm.on_after_batch_transfer(collated, 0)  # no trainer attached: evaluation
+    spec = dm.processor.input
+    reference = v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(spec["mean"], spec["std"])])
+    assert torch.allclose(finished["pixel_values"], reference(collated["pixel_values"]), atol=1e-6)
+
+    train_batch = dm.processor.on_device(next(iter(dm.train_dataloader())), train=True)
+    erased = [(image == 0).all(0) for image in train_batch["pixel_values"]]  # RandomErasing fills with 0
+    assert all(mask.any() for mask in erased)
+    assert len({tuple(mask.nonzero().min(0).values.tolist()) for mask in erased}) > 1  # not one box for all
 
 
 # -- fine-tuning recipes -------------------------------------------------------------------------------

@@ -357,6 +357,13 @@ class SFTDataModule(L.LightningDataModule):
         if restore is not None and state_dict.get("processor"):
             restore(state_dict["processor"])
 
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        """Processors that finish batches on the device (images: normalize, erase, mix) do it here."""
+        finish = getattr(self.processor, "on_device", None)
+        if finish is None:
+            return batch
+        return finish(batch, train=bool(self.trainer is not None and self.trainer.training))
+
     def val_dataloader(self) -> DataLoader:
         return self._loader("val")
 

@@ -6,7 +6,10 @@ Sources (`read_source`):
 - an `.npz` of decoded arrays (`images` uint8 (N, H, W[, C]), `labels`, optional `label_names`),
   as the catalog's array data sets are prepared: decoded once, never per epoch.
 
-Decoding and augmentation run in the collator, i.e. in the DataLoader workers.
+Decoding and the pixel augmentations (crops, flips, RandAugment) run in the collator, i.e. in
+the DataLoader workers, on uint8; batches travel to the device as uint8, where normalization,
+RandomErasing and MixUp / CutMix finish them (`on_device`, called by SFTDataModule's
+on_after_batch_transfer).
 """
 
 from __future__ import annotations
@@ -130,13 +133,12 @@ def _interpolation(name: str):
             "nearest": InterpolationMode.NEAREST}.get(name, InterpolationMode.BILINEAR)
 
 
-def build_transforms(train: bool, size: int, mean, std, interpolation: str = "bilinear", crop_pct: float = 0.875,
-                     crop_scale=(0.08, 1.0), hflip: float = 0.5, auto_augment: Optional[str] = None,
-                     random_erasing: float = 0.0):
-    """torchvision v2 pipeline on uint8 (C, H, W) tensors, ending in normalized float32.
-    Train: RandomResizedCrop(crop_scale) (or the eval resize + crop when crop_scale is None), flip,
-    optional RandAugment / TrivialAugment / AutoAugment, RandomErasing. Eval: resize to
-    size / crop_pct, center crop."""
+def pixel_transforms(train: bool, size: int, interpolation: str = "bilinear", crop_pct: float = 0.875,
+                     crop_scale=(0.08, 1.0), hflip: float = 0.5, auto_augment: Optional[str] = None):
+    """The part of the pipeline that runs in the DataLoader workers, on uint8 (C, H, W) tensors and
+    returning uint8: train: RandomResizedCrop(crop_scale) (or the eval resize + crop when
+    crop_scale is None), flip, optional RandAugment / TrivialAugment / AutoAugment; eval: resize
+    to size / crop_pct, center crop."""
     from torchvision.transforms import v2
 
     mode = _interpolation(interpolation)
@@ -153,28 +155,31 @@ def build_transforms(train: bool, size: int, mean, std, interpolation: str = "bi
                           "autoaugment": v2.AutoAugment}[auto_augment](interpolation=mode))
     else:
         steps += resize
-    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
-    if train and random_erasing:
-        steps.append(v2.RandomErasing(random_erasing))
     return v2.Compose(steps)
 
 
+def normalize(pixels: torch.Tensor, mean, std) -> torch.Tensor:
+    """uint8 (..., C, H, W) to float32 scaled to [0, 1] and normalized per channel."""
+    mean = torch.as_tensor(mean, dtype=torch.float32, device=pixels.device).view(-1, 1, 1)
+    std = torch.as_tensor(std, dtype=torch.float32, device=pixels.device).view(-1, 1, 1)
+    return (pixels.float() / 255.0 - mean) / std
+
+
+def build_transforms(train: bool, size: int, mean, std, interpolation: str = "bilinear", crop_pct: float = 0.875,
+                     crop_scale=(0.08, 1.0), hflip: float = 0.5, auto_augment: Optional[str] = None):
+    """The whole eval (or train, without erasing and mixing) pipeline for one image, uint8 in and
+    normalized float32 out: what a predictor applies to a single image."""
+    pixels = pixel_transforms(train, size, interpolation, crop_pct, crop_scale, hflip, auto_augment)
+    return lambda image: normalize(pixels(image), mean, std)
+
+
 class ImageCollator:
-    """Decode (paths) or wrap (arrays), transform, stack; on training batches optionally mix with
-    MixUp / CutMix, adding `soft_labels` (rows sum to 1) next to the hard `labels`."""
+    """Decode (paths) or wrap (arrays), transform, stack, still as uint8: a quarter of float32's
+    bytes to collate, pin and copy to the device, where `DeviceAugment` finishes the batch."""
 
-    def __init__(self, transform, channels: int, mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0,
-                 num_classes: int = 0):
-        from torchvision.transforms import v2
-
+    def __init__(self, transform, channels: int):
         self.transform = transform
         self.channels = channels
-        mixers = []
-        if mixup_alpha > 0:
-            mixers.append(v2.MixUp(alpha=mixup_alpha, num_classes=num_classes))
-        if cutmix_alpha > 0:
-            mixers.append(v2.CutMix(alpha=cutmix_alpha, num_classes=num_classes))
-        self.mix = v2.RandomChoice(mixers) if mixers else None
 
     def image(self, item: dict) -> torch.Tensor:
         source = item["image"]
@@ -186,8 +191,38 @@ class ImageCollator:
         batch = {"pixel_values": torch.stack([self.image(item) for item in items])}
         if "labels" in items[0]:
             batch["labels"] = torch.as_tensor([item["labels"] for item in items])
-            if self.mix is not None:
-                batch["pixel_values"], batch["soft_labels"] = self.mix(batch["pixel_values"], batch["labels"])
+        return batch
+
+
+class DeviceAugment:
+    """The end of the pipeline, on whole batches where they train (the GPU): scale and normalize;
+    on training batches also RandomErasing (drawn per image) and MixUp / CutMix, which add
+    `soft_labels` (rows sum to 1) next to the hard `labels`."""
+
+    def __init__(self, mean, std, random_erasing: float = 0.0, mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0,
+                 num_classes: int = 0):
+        from torchvision.transforms import v2
+
+        self.mean, self.std = list(mean), list(std)
+        self.erase = v2.RandomErasing(random_erasing) if random_erasing else None
+        mixers = []
+        if mixup_alpha > 0:
+            mixers.append(v2.MixUp(alpha=mixup_alpha, num_classes=num_classes))
+        if cutmix_alpha > 0:
+            mixers.append(v2.CutMix(alpha=cutmix_alpha, num_classes=num_classes))
+        self.mix = v2.RandomChoice(mixers) if mixers else None
+
+    def __call__(self, batch: dict, train: bool) -> dict:
+        pixels = batch["pixel_values"]
+        if pixels.dtype != torch.uint8:  # already finished (a batch made by other code)
+            return batch
+        batch = dict(batch)
+        pixels = normalize(pixels, self.mean, self.std)
+        if train and self.erase is not None:
+            pixels = torch.stack([self.erase(image) for image in pixels])  # a batched call would erase one box for all
+        if train and self.mix is not None and "labels" in batch:
+            pixels, batch["soft_labels"] = self.mix(pixels, batch["labels"])
+        batch["pixel_values"] = pixels
         return batch
 
 
@@ -229,6 +264,7 @@ class ImageClassificationProcessor:
         self.train_transforms = dict(train_transforms or {})
         self.mixup_alpha, self.cutmix_alpha = float(mixup_alpha or 0.0), float(cutmix_alpha or 0.0)
         self.check_workers = check_workers
+        self._device_augment: Optional[DeviceAugment] = None
         from sft.models.image_backbones import image_data_config
 
         expected = image_data_config(backbone, architecture) if (backbone or architecture) else \
@@ -241,11 +277,17 @@ class ImageClassificationProcessor:
 
     def make_collator(self, pad_to_multiple_of=None, train: bool = False) -> ImageCollator:
         spec = self.input
-        options = self.train_transforms if train else {}
-        transform = build_transforms(train, spec["size"], spec["mean"], spec["std"], spec["interpolation"],
-                                     spec["crop_pct"], **options)
-        return ImageCollator(transform, spec["channels"], self.mixup_alpha if train else 0.0,
-                             self.cutmix_alpha if train else 0.0, len(self.label_names or []))
+        options = {k: v for k, v in self.train_transforms.items() if k != "random_erasing"} if train else {}
+        transform = pixel_transforms(train, spec["size"], spec["interpolation"], spec["crop_pct"], **options)
+        return ImageCollator(transform, spec["channels"])
+
+    def on_device(self, batch: dict, train: bool) -> dict:
+        """Finish a collated batch after it reached the training device (SFTDataModule calls it)."""
+        if self._device_augment is None:
+            self._device_augment = DeviceAugment(self.input["mean"], self.input["std"],
+                                                 self.train_transforms.get("random_erasing") or 0.0,
+                                                 self.mixup_alpha, self.cutmix_alpha, len(self.label_names or []))
+        return self._device_augment(batch, train)
 
     def fit(self, train: Table) -> list[str]:
         if self.label_names is None:
