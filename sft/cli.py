@@ -245,9 +245,11 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     write_metrics(run_dir / "metrics.json", metrics)
     if cfg.get("predictions_file"):
         if module.hparams.task == "causal_lm":
-            raise ConfigError("predictions_file is for classification; for causal_lm use callbacks=generate "
-                              "(answers go to TensorBoard) or export_dir and generate from the export")
-        write_predictions(trainer, module, datamodule, Path(cfg.predictions_file))
+            metrics.update(write_generations(trainer, module, datamodule, Path(cfg.predictions_file),
+                                             int(cfg.get("max_new_tokens") or 128)))
+            write_metrics(run_dir / "metrics.json", metrics)
+        else:
+            write_predictions(trainer, module, datamodule, Path(cfg.predictions_file))
     if cfg.get("export_dir"):
         from sft.export import export_causal_lm, export_image_module, export_module
 
@@ -308,6 +310,32 @@ def write_predictions(trainer: L.Trainer, module, datamodule, path: Path) -> Non
                 f.write(json.dumps(line) + "\n")
                 row += 1
     log.info("Wrote %d predictions to %s", row, path)
+
+
+def write_generations(trainer: L.Trainer, module, datamodule, path: Path, max_new_tokens: int) -> dict[str, float]:
+    """causal_lm: one JSON line per test conversation with the prompt (rendered with the chat
+    template, up to the last assistant turn), the reference answer, the greedy answer and whether
+    they match; returns test/generated_exact_match over all of them."""
+    from sft.callbacks.generate import greedy_answers, is_match
+
+    table = datamodule.tables()["test"]
+    examples = datamodule.generation_examples("test", len(table))
+    if not examples:
+        raise ConfigError("predictions_file: the test records are plain text, with no assistant turn to answer")
+    processor = datamodule.processor
+    backbone = module.backbone.to(trainer.strategy.root_device)
+    answers = greedy_answers(backbone, [e["prompt_ids"] for e in examples], processor.tokenizer.pad_token_id,
+                             processor.end_of_turn_id, max_new_tokens, processor.tokenizer)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    matches = 0
+    with open(path, "w", encoding="utf-8") as f:
+        for example, answer in zip(examples, answers):
+            match = is_match(answer, example["reference"])
+            matches += match
+            f.write(json.dumps({"source": example["where"], "prompt": example["prompt"], "reference": example["reference"],
+                                "prediction": answer, "exact_match": match}) + "\n")
+    log.info("Wrote %d generated answers to %s", len(examples), path)
+    return {"test/generated_exact_match": matches / len(examples)}
 
 
 # -- entry points ------------------------------------------------------------------------------------

@@ -150,11 +150,18 @@ def test_checkpoint_records_template_and_export_renders_the_same_ids(full_run, t
     ckpt = run_dir / "checkpoints" / "best.ckpt"
     state = torch.load(ckpt, map_location="cpu", weights_only=False)["SFTDataModule"]["processor"]
     assert state["chat_template"] == CHATML and state["end_of_turn_token"] == "<|im_end|>"
-    export = tmp_path / "export"
+    export, predictions = tmp_path / "export", tmp_path / "answers.jsonl"
     cfg = compose_config("eval", [f"ckpt_path={ckpt}", f"export_dir={export}", "trainer.accelerator=cpu",
-                                  "extras.print_config=false", "callbacks=generate"], tmp_path / "eval")
+                                  "extras.print_config=false", "callbacks=generate", f"predictions_file={predictions}",
+                                  "max_new_tokens=8", "callbacks.generate.max_new_tokens=8"], tmp_path / "eval")
     metrics = evaluate(cfg)
     assert metrics["test/exact_match"] >= 0.9
+    # predictions_file: every test conversation with its greedy answer, scored as the callback scores it.
+    rows = [json.loads(line) for line in predictions.read_text().splitlines()]
+    assert len(rows) == 20 and all(row["prompt"].endswith("<|im_start|>assistant\n") for row in rows)
+    assert metrics["test/generated_exact_match"] == pytest.approx(metrics["test/exact_match"])
+    assert sum(row["exact_match"] for row in rows) == round(20 * metrics["test/exact_match"])
+    assert all(row["exact_match"] == (row["prediction"] == row["reference"]) for row in rows)
     model = AutoModelForCausalLM.from_pretrained(export)
     tokenizer = AutoTokenizer.from_pretrained(export)
     messages = [{"role": "user", "content": "the tree near the lamp is blue . what colour ?"}]
