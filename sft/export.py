@@ -21,8 +21,6 @@ from typing import Optional, Sequence
 import torch
 from safetensors.torch import load_file, save_file
 
-from sft.models.heads import SequenceClassificationHead
-
 FORMAT_VERSION = 1
 
 
@@ -45,11 +43,23 @@ def load_head(head: torch.nn.Module, path: Path) -> torch.nn.Module:
     return head
 
 
+# Text tasks with one prediction per text (token classification needs its word alignment: not yet).
+TEXT_EXPORT_TASKS = ("text_classification", "multilabel_classification", "text_regression")
+
+
+def head_options_of(module) -> dict:
+    """The head's own settings from the module's hyperparameters (pooling, threshold, target statistics, ...)."""
+    import inspect
+
+    known = set(inspect.signature(type(module).__init__).parameters)
+    return {k: v for k, v in module.hparams.items() if k not in known}
+
+
 def export_module(module, tokenizer, out_dir: str | Path, max_length: int = 512) -> Path:
-    if module.hparams.task != "text_classification":
+    if module.hparams.task not in TEXT_EXPORT_TASKS:
         from sft.tasks import ConfigError
 
-        raise ConfigError(f"export_dir: exporting is supported for text_classification only, not {module.hparams.task}; "
+        raise ConfigError(f"export_dir: text exports cover {', '.join(TEXT_EXPORT_TASKS)}, not {module.hparams.task}; "
                           f"use the checkpoint with eval.py instead")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -62,6 +72,7 @@ def export_module(module, tokenizer, out_dir: str | Path, max_length: int = 512)
         "task": hp.task,
         "label_names": list(module.label_names),
         "pooling": module.head.pooling,
+        "head_options": head_options_of(module),
         "hidden_size": module.backbone.config.hidden_size,
         "max_length": max_length,
     }, indent=2) + "\n")
@@ -69,35 +80,45 @@ def export_module(module, tokenizer, out_dir: str | Path, max_length: int = 512)
 
 
 class Predictor:
-    """Encoder + head + tokenizer from an export folder; `predict` returns labels and probabilities."""
+    """Encoder + head + tokenizer from an export folder. `predict` returns, per text: the label and
+    every label's probability (text classification); the labels above the threshold and every
+    probability (multi-label); the predicted value of each target (regression)."""
 
-    def __init__(self, backbone, head: SequenceClassificationHead, tokenizer, label_names: list[str], max_length: int = 512):
+    def __init__(self, backbone, head: torch.nn.Module, tokenizer, label_names: list[str], max_length: int = 512,
+                 task: str = "text_classification"):
         self.backbone = backbone.eval()
         self.head = head.eval()
         self.tokenizer = tokenizer
         self.label_names = label_names
         self.max_length = max_length
+        self.task = task
 
     @classmethod
     def load(cls, folder: str | Path, device: str = "cpu") -> "Predictor":
         from transformers import AutoModel, AutoTokenizer
 
+        from sft.models.heads import build_head
+
         folder = Path(folder)
         info = read_export_info(folder)
         if info["task"] == "image_classification":
             return ImagePredictor.load(folder, device)
-        if info["task"] != "text_classification":
+        if info["task"] not in TEXT_EXPORT_TASKS:
             raise ValueError(f"{folder}/sft_model.json: task {info['task']!r} has no Predictor; "
                              f"load a causal_lm export with transformers' AutoModelForCausalLM")
         backbone = AutoModel.from_pretrained(folder).to(device)
         if getattr(backbone, "pooler", None) is not None:
             backbone.pooler = None
-        head = SequenceClassificationHead(info["hidden_size"], info["label_names"], info["pooling"], dropout=0.0)
+        options = {**info.get("head_options", {"pooling": info["pooling"]}), "dropout": 0.0}
+        head = build_head(info["task"], info["hidden_size"], info["label_names"], **options)
         load_head(head, folder / "head.safetensors")
-        return cls(backbone, head.to(device), AutoTokenizer.from_pretrained(folder), info["label_names"], info["max_length"])
+        return cls(backbone, head.to(device), AutoTokenizer.from_pretrained(folder), info["label_names"],
+                   info["max_length"], info["task"])
 
     @torch.inference_mode()
-    def predict_proba(self, texts: Sequence[str], pairs: Optional[Sequence[str]] = None, batch_size: int = 64) -> torch.Tensor:
+    def predict_outputs(self, texts: Sequence[str], pairs: Optional[Sequence[str]] = None,
+                        batch_size: int = 64) -> dict[str, torch.Tensor]:
+        """The head's `predict` over all texts: probabilities and/or predictions, one row per text."""
         device = next(self.backbone.parameters()).device
         chunks = []
         for start in range(0, len(texts), batch_size):
@@ -105,13 +126,25 @@ class Predictor:
                                    list(pairs[start:start + batch_size]) if pairs else None,
                                    truncation=True, max_length=self.max_length, padding=True, return_tensors="pt").to(device)
             hidden = self.backbone(**batch).last_hidden_state
-            chunks.append(self.head.predict(self.head(hidden, batch))["probabilities"].cpu())
-        return torch.cat(chunks)
+            chunks.append({k: v.cpu() for k, v in self.head.predict(self.head(hidden, batch)).items()})
+        return {key: torch.cat([chunk[key] for chunk in chunks]) for key in chunks[0]}
+
+    def predict_proba(self, texts: Sequence[str], pairs: Optional[Sequence[str]] = None, batch_size: int = 64) -> torch.Tensor:
+        return self.predict_outputs(texts, pairs, batch_size)["probabilities"]
 
     def predict(self, texts: Sequence[str], pairs: Optional[Sequence[str]] = None) -> list[dict]:
-        probabilities = self.predict_proba(texts, pairs)
-        return [{"label": self.label_names[int(p.argmax())],
-                 "probabilities": dict(zip(self.label_names, p.tolist()))} for p in probabilities]
+        outputs = self.predict_outputs(texts, pairs)
+        if self.task == "text_regression":
+            return [{"prediction": dict(zip(self.label_names, row.tolist()))} for row in outputs["prediction"]]
+        rows = []
+        for p, predicted in zip(outputs["probabilities"], outputs["prediction"]):
+            probabilities = dict(zip(self.label_names, p.tolist()))
+            if self.task == "multilabel_classification":
+                rows.append({"labels": [n for n, on in zip(self.label_names, predicted.tolist()) if on],
+                             "probabilities": probabilities})
+            else:
+                rows.append({"label": self.label_names[int(p.argmax())], "probabilities": probabilities})
+        return rows
 
 
 def export_image_module(module, input_spec: dict, out_dir: str | Path) -> Path:

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from sft.cli import evaluate, train
+from sft.export import Predictor
 from sft.data.datamodule import SFTDataModule
 from sft.data.sources import DataError
 from sft.data.token_classification import owners, plan_windows
@@ -135,9 +136,14 @@ def test_multilabel_learns_and_writes_predictions(tiny_model_dir, tmp_path):
     predictions = tmp_path / "predictions.jsonl"
     evaluated = evaluate(compose_config("eval", [f"ckpt_path={tmp_path / 'run' / 'checkpoints' / 'best.ckpt'}",
                                                  "trainer.accelerator=cpu", f"predictions_file={predictions}",
-                                                 "extras.print_config=false"], tmp_path / "eval"))
+                                                 f"export_dir={tmp_path / 'export'}", "extras.print_config=false"],
+                                        tmp_path / "eval"))
     assert evaluated["test/micro_f1"] == pytest.approx(metrics["test/micro_f1"])
     rows = [json.loads(line) for line in predictions.read_text().splitlines()]
+    # The export predicts the same label sets with the same probabilities, without the training config.
+    answers = Predictor.load(tmp_path / "export").predict([r["text"] for r in rows])
+    assert [a["labels"] for a in answers] == [r["prediction"] for r in rows]
+    assert all(a["probabilities"] == pytest.approx(r["probabilities"], abs=1e-5) for a, r in zip(answers, rows))
     assert len(rows) == 96 and rows[0]["source"] == f"{test_file}:1"
     # micro-F1 recomputed from the written predictions agrees with the metric
     tp = sum(len(set(r["labels"]) & set(r["prediction"])) for r in rows)
@@ -187,9 +193,13 @@ def test_regression_learns_in_original_units(tiny_model_dir, tmp_path):
     predictions = tmp_path / "predictions.jsonl"
     evaluated = evaluate(compose_config("eval", [f"ckpt_path={tmp_path / 'run' / 'checkpoints' / 'best.ckpt'}",
                                                  "trainer.accelerator=cpu", f"predictions_file={predictions}",
-                                                 "extras.print_config=false"], tmp_path / "eval"))
+                                                 f"export_dir={tmp_path / 'export'}", "extras.print_config=false"],
+                                        tmp_path / "eval"))
     assert evaluated["test/pearson"] == pytest.approx(metrics["test/pearson"], abs=1e-5)
     rows = [json.loads(line) for line in predictions.read_text().splitlines()]
+    # The export predicts in the target's units (its standardization travels with it).
+    answers = Predictor.load(tmp_path / "export").predict([r["text"] for r in rows])
+    assert [a["prediction"]["score"] for a in answers] == pytest.approx([r["prediction"]["score"] for r in rows], abs=1e-2)
     errors = [r["prediction"]["score"] - r["targets"]["score"] for r in rows]
     assert (sum(e * e for e in errors) / len(errors)) ** 0.5 == pytest.approx(evaluated["test/rmse"], rel=1e-3)
 
