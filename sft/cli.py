@@ -261,7 +261,9 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         elif module.hparams.modality == "image":
             export_image_module(module, datamodule.processor.input, Path(cfg.export_dir))
         else:
-            export_module(module, datamodule.tokenizer, Path(cfg.export_dir), datamodule.hparams.max_length)
+            export_options = getattr(datamodule.processor, "export_options", None)
+            export_module(module, datamodule.tokenizer, Path(cfg.export_dir), datamodule.hparams.max_length,
+                          export_options() if export_options is not None else None)
         log.info("Exported model to %s", cfg.export_dir)
     report_run(run_dir, metrics, str(ckpt_path), datamodule.report)
     return metrics

@@ -43,8 +43,7 @@ def load_head(head: torch.nn.Module, path: Path) -> torch.nn.Module:
     return head
 
 
-# Text tasks with one prediction per text (token classification needs its word alignment: not yet).
-TEXT_EXPORT_TASKS = ("text_classification", "multilabel_classification", "text_regression")
+TEXT_EXPORT_TASKS = ("text_classification", "multilabel_classification", "text_regression", "token_classification")
 
 
 def head_options_of(module) -> dict:
@@ -55,7 +54,8 @@ def head_options_of(module) -> dict:
     return {k: v for k, v in module.hparams.items() if k not in known}
 
 
-def export_module(module, tokenizer, out_dir: str | Path, max_length: int = 512) -> Path:
+def export_module(module, tokenizer, out_dir: str | Path, max_length: int = 512,
+                  processor_options: Optional[dict] = None) -> Path:
     if module.hparams.task not in TEXT_EXPORT_TASKS:
         from sft.tasks import ConfigError
 
@@ -71,10 +71,11 @@ def export_module(module, tokenizer, out_dir: str | Path, max_length: int = 512)
         "format_version": FORMAT_VERSION,
         "task": hp.task,
         "label_names": list(module.label_names),
-        "pooling": module.head.pooling,
+        "pooling": getattr(module.head, "pooling", None),
         "head_options": head_options_of(module),
         "hidden_size": module.backbone.config.hidden_size,
         "max_length": max_length,
+        "processor_options": processor_options or {},
     }, indent=2) + "\n")
     return out
 
@@ -112,8 +113,10 @@ class Predictor:
         options = {**info.get("head_options", {"pooling": info["pooling"]}), "dropout": 0.0}
         head = build_head(info["task"], info["hidden_size"], info["label_names"], **options)
         load_head(head, folder / "head.safetensors")
-        return cls(backbone, head.to(device), AutoTokenizer.from_pretrained(folder), info["label_names"],
-                   info["max_length"], info["task"])
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        if info["task"] == "token_classification":
+            return TaggingPredictor(backbone, head.to(device), tokenizer, info["label_names"], info["processor_options"])
+        return cls(backbone, head.to(device), tokenizer, info["label_names"], info["max_length"], info["task"])
 
     @torch.inference_mode()
     def predict_outputs(self, texts: Sequence[str], pairs: Optional[Sequence[str]] = None,
@@ -145,6 +148,40 @@ class Predictor:
             else:
                 rows.append({"label": self.label_names[int(p.argmax())], "probabilities": probabilities})
         return rows
+
+
+class TaggingPredictor:
+    """Token classification from an export folder: sentences (lists of words, or strings split on
+    whitespace) in; per sentence the tag of every word and the entity spans out. Long sentences
+    are split into overlapping windows and stitched back exactly as in training and eval."""
+
+    def __init__(self, backbone, head, tokenizer, label_names: list[str], processor_options: dict):
+        from sft.data.token_classification import TokenClassificationProcessor
+
+        self.backbone = backbone.eval()
+        self.head = head.eval()
+        self.label_names = label_names
+        self.processor = TokenClassificationProcessor(tokenizer, text_column="words", label_names=label_names,
+                                                      **processor_options)
+
+    @torch.inference_mode()
+    def predict(self, sentences: Sequence, batch_size: int = 32) -> list[dict]:
+        from sft.data.sources import Table
+
+        rows = [{"words": s.split() if isinstance(s, str) else list(s)} for s in sentences]
+        table = Table("input", rows, [f"input sentence {i + 1}" for i in range(len(rows))], ["words"])
+        examples, _ = self.processor.encode(table, with_labels=False)
+        collate = self.processor.make_collator(8)
+        device = next(self.backbone.parameters()).device
+        outputs = []
+        for start in range(0, len(examples), batch_size):
+            batch = collate(examples[start:start + batch_size])
+            inputs = {k: batch[k].to(device) for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
+            predicted = self.head.predict(self.head(self.backbone(**inputs).last_hidden_state, batch))
+            outputs.append({"prediction": predicted["prediction"].cpu(), "word_index": batch["word_index"],
+                            "sentence_index": batch["sentence_index"]})
+        return [{"words": row["words"], "tags": row["predicted_tags"], "entities": row["entities"]}
+                for row in self.processor.prediction_rows(table, outputs, self.label_names, with_tags=False)]
 
 
 def export_image_module(module, input_spec: dict, out_dir: str | Path) -> Path:

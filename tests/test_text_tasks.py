@@ -260,9 +260,16 @@ def test_ner_learns_unseen_names_in_seen_contexts(tiny_tagger_dir, tmp_path):
     predictions = tmp_path / "predictions.jsonl"
     evaluated = evaluate(compose_config("eval", [f"ckpt_path={tmp_path / 'run' / 'checkpoints' / 'best.ckpt'}",
                                                  "trainer.accelerator=cpu", f"predictions_file={predictions}",
-                                                 "extras.print_config=false"], tmp_path / "eval"))
+                                                 f"export_dir={tmp_path / 'export'}", "extras.print_config=false"],
+                                        tmp_path / "eval"))
     assert evaluated["test/entity_f1"] == pytest.approx(metrics["test/entity_f1"])
     rows = [json.loads(line) for line in predictions.read_text().splitlines()]
+    # The export tags the same words the same way (lists of words, or strings split on spaces).
+    predictor = Predictor.load(tmp_path / "export")
+    answers = predictor.predict([r["words"] for r in rows])
+    assert [a["tags"] for a in answers] == [r["predicted_tags"] for r in rows]
+    assert [a["entities"] for a in answers] == [r["entities"] for r in rows]
+    assert predictor.predict([" ".join(rows[0]["words"])]) == answers[:1]
     assert [r["words"] for r in rows] == [words for words, _ in test_sentences]
     assert all(len(r["predicted_tags"]) == len(r["words"]) for r in rows)
     assert rows[0]["source"] == f"{test_file}:3"  # after the -DOCSTART- line and its blank line

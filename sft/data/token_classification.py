@@ -268,10 +268,15 @@ class TokenClassificationProcessor:
                     stitched[s][word] = tag
         return stitched
 
-    def prediction_rows(self, table: Table, outputs: list[dict], label_names: list[str]):
+    def export_options(self) -> dict:
+        """What a predictor needs to split and stitch sentences as training did (see sft.export)."""
+        return {"max_length": self.max_length, "tag_scheme": self.tag_scheme,
+                "label_all_subwords": self.label_all_subwords, "stride": self.stride}
+
+    def prediction_rows(self, table: Table, outputs: list[dict], label_names: list[str], with_tags: bool = True):
         """One dict per sentence: source, words, gold tags, predicted tags and predicted entity spans."""
         for s, predicted in enumerate(self.sentence_predictions(outputs, len(table))):
-            words, tags, _ = self.words_and_tags(table, s)
+            words, tags, _ = self.words_and_tags(table, s, with_tags)
             if sorted(predicted) != list(range(len(words))):
                 raise RuntimeError(f"{table.where(s)}: predictions cover words {sorted(predicted)} of {len(words)}")
             predicted_tags = [label_names[predicted[k]] for k in range(len(words))]
