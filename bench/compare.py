@@ -58,7 +58,7 @@ LLAMA_SHAPES = {
 # batch_size: rows of `max_length` tokens per step on our side (packed); chat lengths are drawn
 # lognormal(length_mu, 0.65) tokens, clipped to [24, max_length]: mean 373 at gpu size, as in ASSETS.md.
 CHAT_SIZES = {
-    "cpu": {"shape": "small", "batch_size": 4, "max_length": 256, "length_mu": 4.4, "warmup": 2, "steps": 8,
+    "cpu": {"shape": "small", "batch_size": 4, "max_length": 256, "length_mu": 4.4, "warmup": 3, "steps": 20,
             "precision": "32-true"},
     "gpu": {"shape": "tinyllama", "batch_size": 8, "max_length": 1024, "length_mu": 5.74, "warmup": 5, "steps": 40,
             "precision": "bf16-mixed"},
