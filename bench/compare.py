@@ -289,10 +289,10 @@ def hf_timing_callback(timer: StepTimer, counts: Optional[list] = None):
     return Timing()
 
 
-def hf_arguments(workdir: Path, size: dict, lr: float, batch_size: int, **options):
+def hf_arguments(workdir: Path, size: dict, lr: float, batch_size: int, arguments_class=None, **options):
     from transformers import TrainingArguments
 
-    return TrainingArguments(
+    return (arguments_class or TrainingArguments)(
         output_dir=str(workdir / "hf"), per_device_train_batch_size=batch_size, learning_rate=lr,
         weight_decay=0.01, max_steps=size["warmup"] + size["steps"], optim="adamw_torch_fused",
         bf16=size["precision"].startswith("bf16"), logging_steps=size["warmup"] + size["steps"], save_strategy="no",
@@ -451,6 +451,37 @@ def run_hf_trainer_chat(model_dir: Path, examples: list[dict], size: dict, lr: f
     return timer.result(batch_size)
 
 
+def run_trl_chat(model_dir: Path, examples: list[dict], size: dict, lr: float, workdir: Path) -> Result:
+    """TRL's SFTTrainer with its own packing (best-fit decreasing, padding-free rows with per-example
+    position ids) on the same tokenized examples and labels, our rows per step, fused AdamW,
+    clipping at 1.0, the same precision."""
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    dataset = Dataset.from_list([{"input_ids": e["input_ids"], "labels": e["labels"]} for e in examples])
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    timer = StepTimer(size["warmup"], size["steps"])
+    counts: list[tuple[int, int]] = []
+    args = hf_arguments(workdir, size, lr, size["batch_size"], arguments_class=SFTConfig, max_grad_norm=1.0,
+                        max_length=size["max_length"], packing=True)
+    timer.begin()
+    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                         callbacks=[hf_timing_callback(timer, counts)])
+    collate = trainer.data_collator
+
+    def counting(items):
+        counts.append((sum(len(item.get("seq_lengths", [0])) for item in items),
+                       sum(len(item["input_ids"]) for item in items)))
+        return collate(items)
+
+    trainer.data_collator = counting
+    trainer.train()
+    return timer.result(size["batch_size"])
+
+
 def chat_sft(size: dict, workdir: Path) -> tuple[Result, Result, str]:
     """sft packing conversations into rows of max_length (attention kept within each conversation)
     vs the HF Trainer padding them; the peer takes as many conversations per step as our packed rows
@@ -482,13 +513,19 @@ def chat_sft(size: dict, workdir: Path) -> tuple[Result, Result, str]:
     ours = fit_and_time(module, datamodule, size, gradient_clip_val=1.0, count_tokens=True)
     del module, datamodule
     peer = run_hf_trainer_chat(workdir, examples, size, lr, size["peer_batch_size"], workdir)
+    extra = {}
     try:
-        import trl  # noqa: F401
-        size["trl"] = "installed, but the TRL SFTTrainer peer is not built into this harness yet"
+        import trl  # noqa: F401  (not a dependency of sft: the second peer runs only where it is installed)
     except ImportError as e:
         size["trl"] = f"skipped: import trl failed ({e})"
+    else:
+        size["trl"] = f"trl {trl.__version__}: SFTTrainer, packing (best-fit decreasing, padding-free)"
+        try:
+            extra["TRL SFTTrainer, packed"] = run_trl_chat(workdir, examples, size, lr, workdir)
+        except Exception as e:  # an optional peer: its failure (e.g. a broken datasets install) is reported, not fatal
+            size["trl"] = f"failed: {type(e).__name__}: {str(e)[:300]}"
     print(f"TRL SFTTrainer: {size['trl']}")
-    return ours, peer, "HF Trainer, padded"
+    return ours, peer, "HF Trainer, padded", extra
 
 
 # -- image classification ---------------------------------------------------------------------------
@@ -569,9 +606,11 @@ def main() -> None:
             size[key] = getattr(args, key)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     with tempfile.TemporaryDirectory() as tmp:
-        ours, peer, peer_name = WORKLOADS[args.workload](size, Path(tmp))
+        ours, peer, peer_name, *more = WORKLOADS[args.workload](size, Path(tmp))
     o, p = ours.as_dict(), peer.as_dict()
     ratio = {k: round(o[k] / p[k], 3) if p[k] else float("nan") for k in o}
+    # further peers where they are installed (chat_sft: TRL), each with its own ratio
+    extra = {name: result.as_dict() for name, result in (more[0] if more else {}).items()}
     hardware = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU, {os.cpu_count()} cores, {torch.get_num_threads()} threads"
     print(f"\n{args.workload} ({size['shape']} shape, batch {size['batch_size']}, {size['precision']}, "
           f"{size['steps']} timed steps after {size['warmup']} warm-up) on {hardware}")
@@ -582,9 +621,16 @@ def main() -> None:
     print(f"{'metric':16} {'sft':>12} {peer_name:>26} {'ratio sft/peer':>15}")
     for key in o:
         print(f"{key:16} {o[key]:>12} {p[key]:>26} {ratio[key]:>15}")
+    figures = {"workload": args.workload, "size": size, "hardware": hardware, "peer_name": peer_name,
+               "ours": o, "peer": p, "ratio": ratio}
+    for name, e in extra.items():
+        e_ratio = {k: round(o[k] / e[k], 3) if e.get(k) else float("nan") for k in o}
+        print(f"\n{'metric':16} {'sft':>12} {name:>26} {'ratio sft/it':>15}")
+        for key in o:
+            print(f"{key:16} {o[key]:>12} {e.get(key, '-'):>26} {e_ratio[key]:>15}")
+        figures.setdefault("more_peers", {})[name] = {"figures": e, "ratio": e_ratio}
     if args.json:
-        args.json.write_text(json.dumps({"workload": args.workload, "size": size, "hardware": hardware, "peer_name": peer_name,
-                                         "ours": o, "peer": p, "ratio": ratio}, indent=2) + "\n")
+        args.json.write_text(json.dumps(figures, indent=2) + "\n")
 
 
 if __name__ == "__main__":
