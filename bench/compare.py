@@ -509,7 +509,8 @@ def chat_sft(size: dict, workdir: Path) -> tuple[Result, Result, str]:
     size["mean_tokens"] = round(sum(len(e["input_ids"]) for e in examples) / len(examples), 1)
     size["packed_fill"] = round(sum(len(r["input_ids"]) for r in rows) / (len(rows) * size["max_length"]), 4)
     module = SFTModule(task="causal_lm", label_names=[], pretrained=str(workdir), modality="causal_lm",
-                       optimizer=partial(torch.optim.AdamW, lr=lr, weight_decay=0.01, fused=True))
+                       optimizer=partial(torch.optim.AdamW, lr=lr, weight_decay=0.01, fused=True),
+                       loss_chunk_size=size.get("loss_chunk_size"))
     ours = fit_and_time(module, datamodule, size, gradient_clip_val=1.0, count_tokens=True)
     del module, datamodule
     peer = run_hf_trainer_chat(workdir, examples, size, lr, size["peer_batch_size"], workdir)
@@ -595,12 +596,18 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, help="override the batch size of the size")
     parser.add_argument("--steps", type=int, help="override the number of timed steps")
     parser.add_argument("--warmup", type=int, help="override the number of warm-up steps")
+    parser.add_argument("--loss-chunk-size", type=int,
+                        help="chat_sft: our LM head + loss over chunks of this many tokens (model.loss_chunk_size)")
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     args = parser.parse_args()
     size = dict(WORKLOAD_SIZES[args.workload][args.size])
     shapes = WORKLOAD_SHAPES[args.workload]
     if args.shape is not None and args.shape not in shapes:
         parser.error(f"--shape {args.shape}: {args.workload} has the shapes {', '.join(shapes)}")
+    if args.loss_chunk_size is not None:
+        if args.workload != "chat_sft":
+            parser.error("--loss-chunk-size is an option of chat_sft")
+        size["loss_chunk_size"] = args.loss_chunk_size
     for key in ("shape", "batch_size", "steps", "warmup"):
         if getattr(args, key) is not None:
             size[key] = getattr(args, key)
