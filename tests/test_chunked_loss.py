@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from sft.models.causal_lm import CausalLMHead
-from tests.chat_fixtures import make_tiny_llama
+from tests.chat_fixtures import chat_jsonl, make_tiny_llama, tiny_llama_dir  # noqa: F401
 
 
 def batch_of(vocab: int, rows: int = 3, width: int = 20) -> dict:
@@ -64,3 +64,27 @@ def test_chunked_loss_without_supervised_tokens_still_backpropagates(tmp_path):
 def test_loss_chunk_size_must_be_positive():
     with pytest.raises(ValueError, match="loss_chunk_size"):
         CausalLMHead(32, loss_chunk_size=0)
+
+
+def test_config_option_trains_packed_rows_through_lightning(tiny_llama_dir, chat_jsonl):  # noqa: F811
+    """model.loss_chunk_size reaches the head through SFTModule; packed training and validation
+    run and report the head's metrics."""
+    import lightning as L
+    from functools import partial
+
+    from sft.data.datamodule import SFTDataModule
+    from sft.models.module import SFTModule
+
+    dm = SFTDataModule(task="causal_lm", tokenizer=tiny_llama_dir, train_file=str(chat_jsonl), max_length=64,
+                       batch_size=4, packing=True, audit_examples=0)
+    m = SFTModule(task="causal_lm", label_names=[], pretrained=tiny_llama_dir, modality="causal_lm",
+                  optimizer=partial(torch.optim.AdamW, lr=1e-3), loss_chunk_size=16)
+    assert m.head.loss_chunk_size == 16
+    trainer = L.Trainer(accelerator="cpu", max_steps=3, limit_val_batches=2, num_sanity_val_steps=0, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(m, datamodule=dm)
+    assert torch.isfinite(trainer.callback_metrics["train/loss"])
+    trainer.validate(m, datamodule=dm, verbose=False)
+    metrics = trainer.callback_metrics
+    assert torch.isfinite(metrics["val/loss"]) and 0 <= float(metrics["val/acc"]) <= 1
+    assert float(metrics["val/perplexity"]) == pytest.approx(float(torch.exp(metrics["val/token_loss"])), rel=1e-4)
