@@ -611,6 +611,8 @@ def main() -> None:
     for key in ("shape", "batch_size", "steps", "warmup"):
         if getattr(args, key) is not None:
             size[key] = getattr(args, key)
+    if size["warmup"] < 1 or size["steps"] < 1 or size["batch_size"] < 1:
+        parser.error("--warmup, --steps and --batch-size must be at least 1 (timing starts at the end of warm-up)")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     with tempfile.TemporaryDirectory() as tmp:
         ours, peer, peer_name, *more = WORKLOADS[args.workload](size, Path(tmp))
