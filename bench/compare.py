@@ -511,6 +511,10 @@ def chat_sft(size: dict, workdir: Path) -> tuple[Result, Result, str]:
     module = SFTModule(task="causal_lm", label_names=[], pretrained=str(workdir), modality="causal_lm",
                        optimizer=partial(torch.optim.AdamW, lr=lr, weight_decay=0.01, fused=True),
                        loss_chunk_size=size.get("loss_chunk_size"))
+    # Model FLOPs per trained token (as MFU counts them): 6 per parameter, plus causal attention
+    # over a conversation of mean length (QK^T and AV, forward and backward).
+    layers, hidden = LLAMA_SHAPES[size["shape"]][:2]
+    size["flops_per_token"] = 6 * sum(p.numel() for p in module.parameters()) + 6 * layers * hidden * size["mean_tokens"]
     ours = fit_and_time(module, datamodule, size, gradient_clip_val=1.0, count_tokens=True)
     del module, datamodule
     peer = run_hf_trainer_chat(workdir, examples, size, lr, size["peer_batch_size"], workdir)
@@ -598,6 +602,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, help="override the number of warm-up steps")
     parser.add_argument("--loss-chunk-size", type=int,
                         help="chat_sft: our LM head + loss over chunks of this many tokens (model.loss_chunk_size)")
+    parser.add_argument("--peak-tflops", type=float,
+                        help="chat_sft: the device's dense bf16 peak (e.g. 790 for the H200 in ASSETS.md), to report MFU")
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     args = parser.parse_args()
     size = dict(WORKLOAD_SIZES[args.workload][args.size])
@@ -617,9 +623,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         ours, peer, peer_name, *more = WORKLOADS[args.workload](size, Path(tmp))
     o, p = ours.as_dict(), peer.as_dict()
+    if args.peak_tflops and "flops_per_token" in size:
+        for figures in (o, p):
+            figures["mfu"] = round(figures["tokens_per_s"] * size["flops_per_token"] / (args.peak_tflops * 1e12), 6)
     ratio = {k: round(o[k] / p[k], 3) if p[k] else float("nan") for k in o}
     # further peers where they are installed (chat_sft: TRL), each with its own ratio
     extra = {name: result.as_dict() for name, result in (more[0] if more else {}).items()}
+    for e in extra.values():
+        if "mfu" in o and e.get("tokens_per_s"):
+            e["mfu"] = round(e["tokens_per_s"] * size["flops_per_token"] / (args.peak_tflops * 1e12), 6)
     hardware = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU, {os.cpu_count()} cores, {torch.get_num_threads()} threads"
     print(f"\n{args.workload} ({size['shape']} shape, batch {size['batch_size']}, {size['precision']}, "
           f"{size['steps']} timed steps after {size['warmup']} warm-up) on {hardware}")

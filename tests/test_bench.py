@@ -21,7 +21,8 @@ FIGURES = {"samples_per_s", "peak_memory_gb", "mean_loss"}
 @pytest.fixture(scope="module")
 def gpu_script_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
-    env = {**os.environ, "SIZE": "cpu", "SHAPE": "tiny", "STEPS": "3", "WARMUP": "2", "PYTHON": sys.executable}
+    env = {**os.environ, "SIZE": "cpu", "SHAPE": "tiny", "STEPS": "3", "WARMUP": "2", "PYTHON": sys.executable,
+           "PEAK_TFLOPS": "1"}
     result = subprocess.run(["bash", str(ROOT / "bench" / "gpu.sh"), str(out)], capture_output=True, text=True,
                             timeout=600, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -63,8 +64,10 @@ def test_overhead_figures(gpu_script_run):
 def test_chat_sft_figures(gpu_script_run):
     figures = figures_of(gpu_script_run, "chat_sft")
     for side in ("ours", "peer", "ratio"):
-        assert set(figures[side]) == FIGURES | {"tokens_per_s"}
+        assert set(figures[side]) == FIGURES | {"tokens_per_s", "mfu"}
     size = figures["size"]
+    for side in ("ours", "peer"):  # MFU against the given peak (PEAK_TFLOPS=1)
+        assert figures[side]["mfu"] == pytest.approx(figures[side]["tokens_per_s"] * size["flops_per_token"] / 1e12, rel=1e-2)
     # Packed rows hold several conversations: the padded peer takes that many per step.
     assert size["peer_batch_size"] > size["batch_size"]
     for side in ("ours", "peer"):
