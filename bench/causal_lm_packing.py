@@ -27,7 +27,7 @@ def run(model: str, dataset: str, packing: bool, rows: int, steps: int, max_leng
     batches = iter(loader)
     real_tokens, elapsed = 0, 0.0
     for step in range(steps + 1):  # the first step warms up and is not timed
-        batch = {k: v.to(device) for k, v in next(batches).items()}
+        batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in next(batches).items()}
         start = time.perf_counter()
         with autocast:
             loss = module.head.loss(module(batch), batch)

@@ -2,24 +2,38 @@
 
     python bench/compare.py text_cls            # sft vs the Hugging Face Trainer (CPU size)
     python bench/compare.py overhead            # sft's Lightning path vs a raw PyTorch loop
+    python bench/compare.py chat_sft            # sft (packed) vs the Hugging Face Trainer (padded), Llama shape
+    python bench/compare.py image_cls           # sft from decoded images vs a raw loop on tensors on the device
     python bench/compare.py text_cls --size gpu --json text_cls.json
 
 Both sides get the same initial weights, data, batch size, optimizer, precision and number of
 steps; each is timed over the same window of steps after warm-up, one after the other in this
-process. The table shows samples/s, peak accelerator memory, mean training loss and the ratio
-ours / peer; `--json` writes the same figures (keys `ours`, `peer`, `ratio`).
+process. The table shows samples/s (and non-pad tokens/s for LMs), peak memory, the mean
+training loss of the timed steps and the ratio ours / peer; `--json` writes the same figures
+(keys `ours`, `peer`, `ratio`).
+
+Peak memory is the growth over what was allocated when the side started: on a GPU the peak of
+torch.cuda.memory_allocated (weights, gradients, optimizer state, activations); on a CPU the
+peak resident set size of this process (weights were already resident; DataLoader worker
+processes are not counted), sampled every few milliseconds.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
+import gc
 import json
+import math
 import os
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
@@ -35,16 +49,43 @@ SIZES = {
 }
 VOCAB_WORDS = 4000
 
+# Llama shapes: (layers, hidden, heads, kv heads, intermediate, vocab)
+LLAMA_SHAPES = {
+    "tiny": (2, 64, 4, 2, 128, 512),
+    "small": (4, 256, 8, 2, 688, 8000),
+    "tinyllama": (22, 2048, 32, 4, 5632, 32000),  # TinyLlama 1.1B
+}
+# batch_size: rows of `max_length` tokens per step on our side (packed); chat lengths are drawn
+# lognormal(length_mu, 0.65) tokens, clipped to [24, max_length]: mean 373 at gpu size, as in ASSETS.md.
+CHAT_SIZES = {
+    "cpu": {"shape": "small", "batch_size": 4, "max_length": 256, "length_mu": 4.4, "warmup": 3, "steps": 20,
+            "precision": "32-true"},
+    "gpu": {"shape": "tinyllama", "batch_size": 8, "max_length": 1024, "length_mu": 5.74, "warmup": 5, "steps": 40,
+            "precision": "bf16-mixed"},
+}
+# timm architecture and image side per shape
+IMAGE_SHAPES = {"tiny": ("test_resnet", 32), "resnet18": ("resnet18", 64), "resnet50": ("resnet50", 224)}
+IMAGE_SIZES = {
+    "cpu": {"shape": "resnet18", "batch_size": 32, "warmup": 2, "steps": 10, "precision": "32-true", "workers": 0},
+    "gpu": {"shape": "resnet50", "batch_size": 128, "warmup": 10, "steps": 50, "precision": "bf16-mixed",
+            "workers": max(1, min(14, (os.cpu_count() or 2) - 2))},
+}
+DEVICE_BATCHES = 16  # distinct batches the raw image loop keeps on the device (it cycles through them)
+
 
 @dataclass
 class Result:
     samples_per_s: float
     peak_memory_gb: float
     mean_loss: float
+    tokens_per_s: Optional[float] = None  # non-pad tokens, for language models
 
     def as_dict(self) -> dict:
-        return {"samples_per_s": round(self.samples_per_s, 2), "peak_memory_gb": round(self.peak_memory_gb, 3),
-                "mean_loss": round(self.mean_loss, 4)}
+        figures = {"samples_per_s": round(self.samples_per_s, 2)}
+        if self.tokens_per_s is not None:
+            figures["tokens_per_s"] = round(self.tokens_per_s, 1)
+        figures.update({"peak_memory_gb": round(self.peak_memory_gb, 3), "mean_loss": round(self.mean_loss, 4)})
+        return figures
 
 
 def device() -> str:
@@ -56,14 +97,59 @@ def sync() -> None:
         torch.cuda.synchronize()
 
 
-def reset_memory() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
+def resident_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def peak_memory_gb() -> float:
-    return torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else float("nan")
+class MemoryWatch:
+    """Peak memory growth from start() to stop(): GPU allocated memory, or on CPU the process's
+    resident set sampled by a thread (freed heap is handed back to the OS first, so memory a
+    previous side left behind is not reused unseen)."""
+
+    def __init__(self, interval_s: float = 0.002):
+        self.interval_s = interval_s
+        self.base = self.peak = 0
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+
+    def start(self) -> "MemoryWatch":
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+            self.base = torch.cuda.memory_allocated()
+            return self
+        if not os.path.exists("/proc/self/statm"):
+            self.base = -1  # no cheap way to read it here: reported as NaN
+            return self
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):
+            pass
+        self.base = self.peak = resident_bytes()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, resident_bytes())
+            time.sleep(self.interval_s)
+
+    def stop(self) -> float:
+        """Peak growth in GiB."""
+        if torch.cuda.is_available():
+            return (torch.cuda.max_memory_allocated() - self.base) / 2**30
+        if self.base < 0:
+            return float("nan")
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            self._thread = None
+        self.peak = max(self.peak, resident_bytes())
+        return (self.peak - self.base) / 2**30
 
 
 def sentence_lengths(n: int, seed: int) -> np.ndarray:
@@ -102,7 +188,6 @@ def make_texts(folder: Path, n: int, seed: int = 0) -> Path:
 # -- ours -----------------------------------------------------------------------------------
 def run_ours_text_cls(model_dir: Path, train_file: Path, size: dict, lr: float) -> Result:
     import lightning as L
-    from functools import partial
 
     from sft.data import SFTDataModule
     from sft.models import SFTModule
@@ -116,16 +201,29 @@ def run_ours_text_cls(model_dir: Path, train_file: Path, size: dict, lr: float) 
 
 
 class StepTimer:
-    """Times the optimizer steps after warm-up and collects the losses of every step."""
+    """Times the optimizer steps after warm-up and collects the losses, samples and non-pad tokens
+    of the timed steps; watches peak memory from begin() on."""
 
     def __init__(self, warmup: int, steps: int):
         self.warmup, self.steps = warmup, steps
         self.start = self.end = None
         self.losses: list[torch.Tensor] = []
+        self.samples = 0
+        self.tokens = 0
+        self.memory = MemoryWatch()
 
-    def step_done(self, step: int, loss=None) -> None:
-        if loss is not None:
-            self.losses.append(loss.detach())
+    def begin(self) -> None:
+        self.memory.start()
+
+    def timed(self, step: int) -> bool:
+        return self.warmup < step <= self.warmup + self.steps
+
+    def step_done(self, step: int, loss=None, samples: Optional[int] = None, tokens: Optional[int] = None) -> None:
+        if self.timed(step):
+            if loss is not None:
+                self.losses.append(loss.detach())
+            self.samples += samples or 0
+            self.tokens += tokens or 0
         if step == self.warmup:
             sync()
             self.start = time.perf_counter()
@@ -134,11 +232,19 @@ class StepTimer:
             self.end = time.perf_counter()
 
     def result(self, batch_size: int) -> Result:
+        """batch_size: samples per step, unless step_done counted them."""
+        memory = self.memory.stop()
         mean_loss = float(torch.stack(self.losses).float().mean()) if self.losses else float("nan")
-        return Result(self.steps * batch_size / (self.end - self.start), peak_memory_gb(), mean_loss)
+        seconds = self.end - self.start
+        samples = self.samples or self.steps * batch_size
+        return Result(samples / seconds, memory, mean_loss, self.tokens / seconds if self.tokens else None)
 
 
-def fit_and_time(module, datamodule, size: dict) -> Result:
+def fit_and_time(module, datamodule, size: dict, gradient_clip_val: Optional[float] = None,
+                 count_tokens: bool = False) -> Result:
+    """Lightning fit of warm-up + timed steps. Batches that carry the host int `num_examples`
+    (conversations in packed rows) count samples by it; with count_tokens, their host int
+    `num_tokens` (non-pad tokens) gives tokens/s."""
     import lightning as L
     from lightning.pytorch.callbacks import Callback
 
@@ -146,22 +252,58 @@ def fit_and_time(module, datamodule, size: dict) -> Result:
 
     class Timing(Callback):
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            timer.step_done(trainer.global_step, outputs["loss"])
+            timer.step_done(trainer.global_step, outputs["loss"], batch.get("num_examples"),
+                            batch.get("num_tokens") if count_tokens else None)
 
-    reset_memory()
     trainer = L.Trainer(accelerator="auto", devices=1, precision=size["precision"], max_steps=size["warmup"] + size["steps"],
                         limit_val_batches=0, num_sanity_val_steps=0, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, callbacks=[Timing()])
+                        enable_progress_bar=False, enable_model_summary=False, callbacks=[Timing()],
+                        gradient_clip_val=gradient_clip_val)
+    if hasattr(datamodule, "encoded"):
+        datamodule.setup("fit")  # encode before memory is watched: the peers get their data ready-made too
+    timer.begin()
     trainer.fit(module, datamodule=datamodule)
     return timer.result(size["batch_size"])
 
 
 # -- peers ------------------------------------------------------------------------------------
+def hf_timing_callback(timer: StepTimer, counts: Optional[list] = None):
+    """A TrainerCallback that times the Trainer's steps and has it log the mean loss exactly at the
+    end of warm-up and of the timed window (so the second log is the timed steps' mean; logging
+    every step would add a host sync per step). `counts`: (samples, tokens) per batch in order,
+    filled by the collator."""
+    from transformers import TrainerCallback
+
+    class Timing(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            step = state.global_step
+            samples, tokens = counts[step - 1] if counts else (None, None)
+            timer.step_done(step, samples=samples, tokens=tokens)
+            if step in (timer.warmup, timer.warmup + timer.steps):
+                control.should_log = True
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "loss" in logs and state.global_step == timer.warmup + timer.steps:
+                timer.losses.append(torch.tensor(float(logs["loss"])))
+
+    return Timing()
+
+
+def hf_arguments(workdir: Path, size: dict, lr: float, batch_size: int, arguments_class=None, **options):
+    from transformers import TrainingArguments
+
+    return (arguments_class or TrainingArguments)(
+        output_dir=str(workdir / "hf"), per_device_train_batch_size=batch_size, learning_rate=lr,
+        weight_decay=0.01, max_steps=size["warmup"] + size["steps"], optim="adamw_torch_fused",
+        bf16=size["precision"].startswith("bf16"), logging_steps=size["warmup"] + size["steps"], save_strategy="no",
+        report_to=[], disable_tqdm=True, dataloader_num_workers=0, seed=0, lr_scheduler_type="constant",
+        use_cpu=not torch.cuda.is_available(), **options)
+
+
 def run_hf_trainer_text_cls(model_dir: Path, train_file: Path, size: dict, lr: float, workdir: Path) -> Result:
     """The Hugging Face Trainer as its docs recommend for this job: dynamic padding to a multiple
     of 8, fused AdamW, the same precision."""
-    from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer,
-                              TrainerCallback, TrainingArguments)
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     records = [json.loads(line) for line in open(train_file)]
@@ -171,39 +313,26 @@ def run_hf_trainer_text_cls(model_dir: Path, train_file: Path, size: dict, lr: f
     torch.manual_seed(0)
     model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=2)
     timer = StepTimer(size["warmup"], size["steps"])
-
-    class Timing(TrainerCallback):
-        def on_step_end(self, args, state, control, **kwargs):
-            timer.step_done(state.global_step)
-
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            if logs and "loss" in logs:
-                timer.losses.append(torch.tensor(logs["loss"]))
-
-    args = TrainingArguments(
-        output_dir=str(workdir / "hf"), per_device_train_batch_size=size["batch_size"], learning_rate=lr,
-        weight_decay=0.01, max_steps=size["warmup"] + size["steps"], optim="adamw_torch_fused",
-        bf16=size["precision"].startswith("bf16"), logging_steps=size["warmup"] + size["steps"], save_strategy="no",
-        report_to=[], disable_tqdm=True, dataloader_num_workers=0, seed=0, lr_scheduler_type="constant",
-        use_cpu=not torch.cuda.is_available(),
-    )
-    reset_memory()
+    args = hf_arguments(workdir, size, lr, size["batch_size"])
+    timer.begin()
     Trainer(model=model, args=args, train_dataset=dataset, data_collator=DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8),
-            callbacks=[Timing()]).train()
+            callbacks=[hf_timing_callback(timer)]).train()
     return timer.result(size["batch_size"])
 
 
 def run_raw_loop(module, batches: list[dict], size: dict) -> Result:
-    """What a careful hand-written loop does: forward, backward, step, same batches and optimizer."""
+    """What a careful hand-written loop does: forward, backward, step, same batches and optimizer.
+    With fewer batches than steps it cycles through them (batches already on the device)."""
     from sft.optim import parameter_groups
 
     dev = device()
+    timer = StepTimer(size["warmup"], size["steps"])
+    timer.begin()  # before the weights move: on a GPU both sides count weights, gradients and optimizer state
     module = module.to(dev).train()
     optimizer = module.optimizer_factory(parameter_groups(module.named_parameters()))
     autocast = torch.autocast(dev, dtype=torch.bfloat16, enabled=size["precision"].startswith("bf16"))
-    timer = StepTimer(size["warmup"], size["steps"])
-    reset_memory()
-    for step, batch in enumerate(batches, start=1):
+    for step in range(1, size["warmup"] + size["steps"] + 1):
+        batch = batches[(step - 1) % len(batches)]
         batch = {k: v.to(dev, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
         with autocast:
             loss = module.head.loss(module(batch), batch)
@@ -227,7 +356,6 @@ def text_cls(size: dict, workdir: Path) -> tuple[Result, Result, str]:
 def overhead(size: dict, workdir: Path) -> tuple[Result, Result, str]:
     """The same module and the same pre-collated batches, through Lightning vs by hand."""
     import lightning as L
-    from functools import partial
 
     from sft.data import SFTDataModule
     from sft.models import SFTModule
@@ -253,36 +381,277 @@ def overhead(size: dict, workdir: Path) -> tuple[Result, Result, str]:
     return ours, peer, "raw PyTorch loop"
 
 
-WORKLOADS = {"text_cls": text_cls, "overhead": overhead}
+# -- chat SFT -------------------------------------------------------------------------------------
+CHATML = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+          "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
+CHAT_SPECIALS = ["<unk>", "<s>", "<|im_end|>", "<|im_start|>", "<pad>"]
+TEMPLATE_TOKENS = 6  # <|im_start|> user ... <|im_end|> <|im_start|> assistant ... <|im_end|>
+
+
+def make_chat_model(folder: Path, shape: str) -> int:
+    """A randomly initialised Llama of the given shape and a whole-word tokenizer (w0, w1, ...) with a
+    ChatML template, saved together in `folder`; returns the number of plain words."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    layers, hidden, heads, kv_heads, intermediate, vocab = LLAMA_SHAPES[shape]
+    words = ["user", "assistant", "system"] + [f"w{i}" for i in range(vocab - len(CHAT_SPECIALS) - 3)]
+    backend = Tokenizer(models.WordLevel({t: i for i, t in enumerate(CHAT_SPECIALS + words)}, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", bos_token="<s>", eos_token="<|im_end|>",
+                                        pad_token="<pad>", additional_special_tokens=["<|im_start|>"])
+    tokenizer.chat_template = CHATML
+    tokenizer.save_pretrained(folder)
+    config = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
+                         num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=2048,
+                         tie_word_embeddings=False, bos_token_id=1, eos_token_id=2, pad_token_id=4)
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    return len(words) - 3
+
+
+def write_chats(path: Path, n: int, size: dict, words: int, seed: int = 0) -> Path:
+    """n {"messages": [user, assistant]} records of chat-like token lengths (template included):
+    lognormal, clipped to [24, max_length]; the user's share of the content uniform in [0.3, 0.7]."""
+    rng = np.random.default_rng(seed)
+    lengths = np.clip(np.round(rng.lognormal(size["length_mu"], 0.65, size=n)), 24, size["max_length"]).astype(int)
+    with open(path, "w") as f:
+        for total in lengths:
+            content = total - TEMPLATE_TOKENS
+            user = int(np.clip(round(content * rng.uniform(0.3, 0.7)), 1, content - 1))
+            turn = lambda k: " ".join(f"w{i}" for i in rng.integers(0, words, size=k))  # noqa: E731
+            f.write(json.dumps({"messages": [{"role": "user", "content": turn(user)},
+                                             {"role": "assistant", "content": turn(content - user)}]}) + "\n")
+    return path
+
+
+def run_hf_trainer_chat(model_dir: Path, examples: list[dict], size: dict, lr: float, batch_size: int,
+                        workdir: Path) -> Result:
+    """The Hugging Face Trainer padded: the same tokenized examples (labels -100 outside assistant
+    turns), dynamic padding to a multiple of 8, length-grouped batches, fused AdamW, gradient
+    clipping at 1.0 (its default, and sft's), the same precision."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, Trainer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    pad = DataCollatorForSeq2Seq(tokenizer, padding=True, pad_to_multiple_of=8, label_pad_token_id=-100)
+    counts: list[tuple[int, int]] = []  # (conversations, non-pad tokens) of each batch, in order
+
+    def collate(items):
+        counts.append((len(items), sum(len(item["input_ids"]) for item in items)))
+        return pad(items)
+
+    dataset = [{"input_ids": e["input_ids"], "labels": e["labels"]} for e in examples]
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    timer = StepTimer(size["warmup"], size["steps"])
+    args = hf_arguments(workdir, size, lr, batch_size, max_grad_norm=1.0, train_sampling_strategy="group_by_length")
+    timer.begin()
+    Trainer(model=model, args=args, train_dataset=dataset, data_collator=collate,
+            callbacks=[hf_timing_callback(timer, counts)]).train()
+    return timer.result(batch_size)
+
+
+def run_trl_chat(model_dir: Path, examples: list[dict], size: dict, lr: float, workdir: Path) -> Result:
+    """TRL's SFTTrainer with its own packing (best-fit decreasing, padding-free rows with per-example
+    position ids) on the same tokenized examples and labels, our rows per step, fused AdamW,
+    clipping at 1.0, the same precision."""
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    dataset = Dataset.from_list([{"input_ids": e["input_ids"], "labels": e["labels"]} for e in examples])
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    timer = StepTimer(size["warmup"], size["steps"])
+    counts: list[tuple[int, int]] = []
+    args = hf_arguments(workdir, size, lr, size["batch_size"], arguments_class=SFTConfig, max_grad_norm=1.0,
+                        max_length=size["max_length"], packing=True)
+    timer.begin()
+    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                         callbacks=[hf_timing_callback(timer, counts)])
+    collate = trainer.data_collator
+
+    def counting(items):
+        counts.append((sum(len(item.get("seq_lengths", [0])) for item in items),
+                       sum(len(item["input_ids"]) for item in items)))
+        return collate(items)
+
+    trainer.data_collator = counting
+    trainer.train()
+    return timer.result(size["batch_size"])
+
+
+def chat_sft(size: dict, workdir: Path) -> tuple[Result, Result, str]:
+    """sft packing conversations into rows of max_length (attention kept within each conversation)
+    vs the HF Trainer padding them; the peer takes as many conversations per step as our packed rows
+    hold on average, so both train on the same number of real tokens per step."""
+    import lightning as L
+
+    from sft.data import SFTDataModule
+    from sft.models import SFTModule
+
+    words = make_chat_model(workdir, size["shape"])
+    mean_tokens = math.exp(size["length_mu"] + 0.65**2 / 2)
+    n = int((size["warmup"] + size["steps"] + 2) * size["batch_size"] * size["max_length"] / mean_tokens * 1.3) + 16
+    train_file = write_chats(workdir / "chat.jsonl", n, size, words)
+    eval_file = write_chats(workdir / "chat_eval.jsonl", 4, size, words, seed=1)
+    lr = 2e-5
+    L.seed_everything(0, verbose=False)
+    datamodule = SFTDataModule(task="causal_lm", tokenizer=str(workdir), train_file=str(train_file), val_file=str(eval_file),
+                               test_file=str(eval_file), max_length=size["max_length"], batch_size=size["batch_size"],
+                               packing=True, audit_examples=0)
+    datamodule.setup("fit")
+    rows = datamodule.encoded("train").examples
+    conversations = sum(row["documents"] for row in rows)
+    examples, _ = datamodule.processor.encode(datamodule.tables()["train"])  # the same examples, unpacked
+    size["peer_batch_size"] = max(1, round(size["batch_size"] * conversations / len(rows)))
+    size["mean_tokens"] = round(sum(len(e["input_ids"]) for e in examples) / len(examples), 1)
+    size["packed_fill"] = round(sum(len(r["input_ids"]) for r in rows) / (len(rows) * size["max_length"]), 4)
+    module = SFTModule(task="causal_lm", label_names=[], pretrained=str(workdir), modality="causal_lm",
+                       optimizer=partial(torch.optim.AdamW, lr=lr, weight_decay=0.01, fused=True),
+                       loss_chunk_size=size.get("loss_chunk_size"))
+    # Model FLOPs per trained token (as MFU counts them): 6 per parameter, plus causal attention
+    # over a conversation of mean length (QK^T and AV, forward and backward).
+    layers, hidden = LLAMA_SHAPES[size["shape"]][:2]
+    size["flops_per_token"] = 6 * sum(p.numel() for p in module.parameters()) + 6 * layers * hidden * size["mean_tokens"]
+    ours = fit_and_time(module, datamodule, size, gradient_clip_val=1.0, count_tokens=True)
+    del module, datamodule
+    peer = run_hf_trainer_chat(workdir, examples, size, lr, size["peer_batch_size"], workdir)
+    extra = {}
+    try:
+        import trl  # noqa: F401  (not a dependency of sft: the second peer runs only where it is installed)
+    except ImportError as e:
+        size["trl"] = f"skipped: import trl failed ({e})"
+    else:
+        size["trl"] = f"trl {trl.__version__}: SFTTrainer, packing (best-fit decreasing, padding-free)"
+        try:
+            extra["TRL SFTTrainer, packed"] = run_trl_chat(workdir, examples, size, lr, workdir)
+        except Exception as e:  # an optional peer: its failure (e.g. a broken datasets install) is reported, not fatal
+            size["trl"] = f"failed: {type(e).__name__}: {str(e)[:300]}"
+    print(f"TRL SFTTrainer: {size['trl']}")
+    return ours, peer, "HF Trainer, padded", extra
+
+
+# -- image classification ---------------------------------------------------------------------------
+def write_images(path: Path, n: int, side: int, classes: int = 10, seed: int = 0) -> Path:
+    """Decoded images as sft's array sources read them: uint8 (N, H, W, 3), labels, label names."""
+    rng = np.random.default_rng(seed)
+    np.savez(path, images=rng.integers(0, 256, size=(n, side, side, 3), dtype=np.uint8),
+             labels=rng.integers(0, classes, size=n), label_names=np.array([f"class{k}" for k in range(classes)]))
+    return path
+
+
+def image_cls(size: dict, workdir: Path) -> tuple[Result, Result, str]:
+    """sft from decoded images (the loader normalizes them in its workers each step) vs a raw loop
+    on batches already on the device: the same module, weights and, for the first batches, the
+    same pixels (no random augmentation, so both sides take identical steps)."""
+    import lightning as L
+
+    from sft.data import SFTDataModule
+    from sft.models import SFTModule
+
+    architecture, side = IMAGE_SHAPES[size["shape"]]
+    n = (size["warmup"] + size["steps"] + 1) * size["batch_size"]
+    train_file = write_images(workdir / "train.npz", n, side)
+    eval_file = write_images(workdir / "eval.npz", 16, side, seed=1)
+
+    def datamodule():
+        return SFTDataModule(task="image_classification", train_file=str(train_file), val_file=str(eval_file),
+                             test_file=str(eval_file), batch_size=size["batch_size"], num_workers=size["workers"],
+                             architecture=architecture, image_size=side, crop_pct=1.0,
+                             train_transforms={"crop_scale": None, "hflip": 0.0})
+
+    def fresh_module(label_names):
+        torch.manual_seed(0)
+        return SFTModule(task="image_classification", label_names=label_names, pretrained=None, modality="image",
+                         architecture=architecture, channels_last=True, dropout=0.0, label_smoothing=0.0,
+                         optimizer=partial(torch.optim.AdamW, lr=1e-3, weight_decay=0.01, fused=True))
+
+    L.seed_everything(0, verbose=False)
+    ours_data = datamodule()
+    ours = fit_and_time(fresh_module(ours_data.label_names), ours_data, size)
+    del ours_data
+    L.seed_everything(0, verbose=False)
+    peer_data = datamodule()  # the same order of the same images as ours saw
+    batches = []
+    for batch in peer_data.train_dataloader():
+        batch["pixel_values"] = batch["pixel_values"].to(device()).contiguous(memory_format=torch.channels_last)
+        batch["labels"] = batch["labels"].to(device())
+        batches.append(batch)
+        if len(batches) == min(DEVICE_BATCHES, size["warmup"] + size["steps"]):
+            break
+    label_names = peer_data.label_names
+    del peer_data
+    peer = run_raw_loop(fresh_module(label_names), batches, size)
+    return ours, peer, "raw loop on device tensors"
+
+
+WORKLOADS = {"text_cls": text_cls, "overhead": overhead, "chat_sft": chat_sft, "image_cls": image_cls}
+WORKLOAD_SIZES = {"text_cls": SIZES, "overhead": SIZES, "chat_sft": CHAT_SIZES, "image_cls": IMAGE_SIZES}
+WORKLOAD_SHAPES = {"text_cls": SHAPES, "overhead": SHAPES, "chat_sft": LLAMA_SHAPES, "image_cls": IMAGE_SHAPES}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("workload", choices=sorted(WORKLOADS))
     parser.add_argument("--size", choices=sorted(SIZES), default="gpu" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--shape", choices=sorted(SHAPES), help="override the model shape of the size")
+    parser.add_argument("--shape", help="override the model shape of the size (tiny: for checking the harness runs)")
     parser.add_argument("--batch-size", type=int, help="override the batch size of the size")
     parser.add_argument("--steps", type=int, help="override the number of timed steps")
+    parser.add_argument("--warmup", type=int, help="override the number of warm-up steps")
+    parser.add_argument("--loss-chunk-size", type=int,
+                        help="chat_sft: our LM head + loss over chunks of this many tokens (model.loss_chunk_size)")
+    parser.add_argument("--peak-tflops", type=float,
+                        help="chat_sft: the device's dense bf16 peak (e.g. 790 for the H200 in ASSETS.md), to report MFU")
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     args = parser.parse_args()
-    size = dict(SIZES[args.size])
-    for key in ("shape", "batch_size", "steps"):
+    size = dict(WORKLOAD_SIZES[args.workload][args.size])
+    shapes = WORKLOAD_SHAPES[args.workload]
+    if args.shape is not None and args.shape not in shapes:
+        parser.error(f"--shape {args.shape}: {args.workload} has the shapes {', '.join(shapes)}")
+    if args.loss_chunk_size is not None:
+        if args.workload != "chat_sft":
+            parser.error("--loss-chunk-size is an option of chat_sft")
+        size["loss_chunk_size"] = args.loss_chunk_size
+    for key in ("shape", "batch_size", "steps", "warmup"):
         if getattr(args, key) is not None:
             size[key] = getattr(args, key)
+    if size["warmup"] < 1 or size["steps"] < 1 or size["batch_size"] < 1:
+        parser.error("--warmup, --steps and --batch-size must be at least 1 (timing starts at the end of warm-up)")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     with tempfile.TemporaryDirectory() as tmp:
-        ours, peer, peer_name = WORKLOADS[args.workload](size, Path(tmp))
+        ours, peer, peer_name, *more = WORKLOADS[args.workload](size, Path(tmp))
     o, p = ours.as_dict(), peer.as_dict()
+    if args.peak_tflops and "flops_per_token" in size:
+        for figures in (o, p):
+            figures["mfu"] = round(figures["tokens_per_s"] * size["flops_per_token"] / (args.peak_tflops * 1e12), 6)
     ratio = {k: round(o[k] / p[k], 3) if p[k] else float("nan") for k in o}
+    # further peers where they are installed (chat_sft: TRL), each with its own ratio
+    extra = {name: result.as_dict() for name, result in (more[0] if more else {}).items()}
+    for e in extra.values():
+        if "mfu" in o and e.get("tokens_per_s"):
+            e["mfu"] = round(e["tokens_per_s"] * size["flops_per_token"] / (args.peak_tflops * 1e12), 6)
     hardware = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU, {os.cpu_count()} cores, {torch.get_num_threads()} threads"
     print(f"\n{args.workload} ({size['shape']} shape, batch {size['batch_size']}, {size['precision']}, "
           f"{size['steps']} timed steps after {size['warmup']} warm-up) on {hardware}")
-    print(f"{'metric':16} {'sft':>12} {peer_name:>22} {'ratio sft/peer':>15}")
+    if "peer_batch_size" in size:
+        print(f"sft: {size['batch_size']} packed rows of {size['max_length']} tokens per step (fill {size['packed_fill']:.1%}); "
+              f"peer: {size['peer_batch_size']} padded conversations per step (mean {size['mean_tokens']} tokens)")
+    print("peak_memory_gb: growth while training; GPU: peak allocated, CPU: peak resident set (RSS)")
+    print(f"{'metric':16} {'sft':>12} {peer_name:>26} {'ratio sft/peer':>15}")
     for key in o:
-        print(f"{key:16} {o[key]:>12} {p[key]:>22} {ratio[key]:>15}")
+        print(f"{key:16} {o[key]:>12} {p[key]:>26} {ratio[key]:>15}")
+    figures = {"workload": args.workload, "size": size, "hardware": hardware, "peer_name": peer_name,
+               "ours": o, "peer": p, "ratio": ratio}
+    for name, e in extra.items():
+        e_ratio = {k: round(o[k] / e[k], 3) if e.get(k) else float("nan") for k in o}
+        print(f"\n{'metric':16} {'sft':>12} {name:>26} {'ratio sft/it':>15}")
+        for key in o:
+            print(f"{key:16} {o[key]:>12} {e.get(key, '-'):>26} {e_ratio[key]:>15}")
+        figures.setdefault("more_peers", {})[name] = {"figures": e, "ratio": e_ratio}
     if args.json:
-        args.json.write_text(json.dumps({"workload": args.workload, "size": size, "hardware": hardware, "peer_name": peer_name,
-                                         "ours": o, "peer": p, "ratio": ratio}, indent=2) + "\n")
+        args.json.write_text(json.dumps(figures, indent=2) + "\n")
 
 
 if __name__ == "__main__":

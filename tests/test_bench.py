@@ -1,24 +1,102 @@
-"""The benchmark harness runs and writes its figures (speed itself is measured by bench/, not here)."""
+"""The benchmark harness runs and writes its figures (speed itself is measured by bench/, not here).
+
+bench/gpu.sh runs every workload once here, at CPU size with tiny shapes and few steps: the GPU
+script tested on CPU at small size."""
 
 from __future__ import annotations
 
 import json
+import math
+import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
+FIGURES = {"samples_per_s", "peak_memory_gb", "mean_loss"}
 
 
-def test_overhead_harness_writes_json(tmp_path):
-    out = tmp_path / "overhead.json"
-    result = subprocess.run([sys.executable, str(ROOT / "bench" / "compare.py"), "overhead", "--size", "cpu", "--shape",
-                             "tiny", "--steps", "3", "--json", str(out)], capture_output=True, text=True, timeout=600)
+@pytest.fixture(scope="module")
+def gpu_script_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    env = {**os.environ, "SIZE": "cpu", "SHAPE": "tiny", "STEPS": "3", "WARMUP": "2", "PYTHON": sys.executable,
+           "PEAK_TFLOPS": "1"}
+    result = subprocess.run(["bash", str(ROOT / "bench" / "gpu.sh"), str(out)], capture_output=True, text=True,
+                            timeout=600, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
-    figures = json.loads(out.read_text())
+    return out, result.stdout
+
+
+def figures_of(run, workload: str) -> dict:
+    out, _ = run
+    figures = json.loads((out / f"{workload}.json").read_text())
+    assert figures["workload"] == workload and figures["size"]["shape"] == "tiny" and figures["size"]["steps"] == 3
+    for side in ("ours", "peer"):
+        assert figures[side]["samples_per_s"] > 0
+        assert math.isfinite(figures[side]["mean_loss"])
+        # On CPU: the resident set grows by at least the gradients and optimizer state.
+        assert figures[side]["peak_memory_gb"] > 0
+    return figures
+
+
+def test_gpu_script_runs_every_workload(gpu_script_run):
+    out, stdout = gpu_script_run
+    assert sorted(p.name for p in out.glob("*.json")) == ["chat_sft.json", "image_cls.json", "overhead.json", "text_cls.json"]
+    assert stdout.count("ratio sft/peer") == 4
+
+
+def test_text_cls_figures(gpu_script_run):
+    figures = figures_of(gpu_script_run, "text_cls")
     for side in ("ours", "peer", "ratio"):
-        assert set(figures[side]) == {"samples_per_s", "peak_memory_gb", "mean_loss"}
-    assert figures["ours"]["samples_per_s"] > 0 and figures["peer"]["samples_per_s"] > 0
+        assert set(figures[side]) == FIGURES
+
+
+def test_overhead_figures(gpu_script_run):
+    figures = figures_of(gpu_script_run, "overhead")
+    for side in ("ours", "peer", "ratio"):
+        assert set(figures[side]) == FIGURES
     # Same module, weights and batches on both sides: the losses of the timed steps agree.
     assert abs(figures["ours"]["mean_loss"] - figures["peer"]["mean_loss"]) < 1e-3
-    assert "ratio sft/peer" in result.stdout
+
+
+def test_chat_sft_figures(gpu_script_run):
+    figures = figures_of(gpu_script_run, "chat_sft")
+    for side in ("ours", "peer", "ratio"):
+        assert set(figures[side]) == FIGURES | {"tokens_per_s", "mfu"}
+    size = figures["size"]
+    for side in ("ours", "peer"):  # MFU against the given peak (PEAK_TFLOPS=1)
+        assert figures[side]["mfu"] == pytest.approx(figures[side]["tokens_per_s"] * size["flops_per_token"] / 1e12, rel=1e-2)
+    # Packed rows hold several conversations: the padded peer takes that many per step.
+    assert size["peer_batch_size"] > size["batch_size"]
+    for side in ("ours", "peer"):
+        # tokens per conversation, as counted by each side, is about the data's mean length
+        per_sample = figures[side]["tokens_per_s"] / figures[side]["samples_per_s"]
+        assert 0.6 * size["mean_tokens"] < per_sample < 1.5 * size["mean_tokens"], (side, per_sample)
+    # Same weights and masked tokens, other batch composition: close, not equal.
+    assert abs(figures["ours"]["mean_loss"] - figures["peer"]["mean_loss"]) < 0.05 * figures["peer"]["mean_loss"]
+
+
+def test_image_cls_figures(gpu_script_run):
+    figures = figures_of(gpu_script_run, "image_cls")
+    for side in ("ours", "peer", "ratio"):
+        assert set(figures[side]) == FIGURES
+    # Same module, weights and pixels in the same order (no random augmentation): identical steps.
+    assert abs(figures["ours"]["mean_loss"] - figures["peer"]["mean_loss"]) < 1e-3
+
+
+def test_packed_batches_count_conversations_and_tokens_on_the_host():
+    from sft.data.packing import CausalLMCollator, pack_examples
+
+    examples = [{"input_ids": [5] * n, "labels": [-100] + [5] * (n - 1)} for n in (6, 3, 4, 2, 7)]
+    rows = pack_examples(examples, max_length=8)
+    batch = CausalLMCollator(pad_token_id=0)(rows)
+    assert batch["num_examples"] == 5 and batch["num_tokens"] == 22
+    assert isinstance(batch["num_examples"], int) and isinstance(batch["num_tokens"], int)
+
+
+def test_compare_rejects_a_shape_of_another_workload():
+    result = subprocess.run([sys.executable, str(ROOT / "bench" / "compare.py"), "image_cls", "--shape", "tinyllama"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0 and "image_cls has the shapes" in result.stderr

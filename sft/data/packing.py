@@ -81,9 +81,11 @@ class CausalLMCollator:
             if packed:
                 position_ids[row, :n] = torch.as_tensor(item["position_ids"])
                 position_ids[row, n:] = torch.arange(width - n)
-        # real (non-padding) tokens, for throughput figures
+        # Host ints, so throughput figures never wait for the device: real (non-padding) tokens,
+        # and the examples (conversations) the rows hold.
         batch = {"input_ids": input_ids, "labels": labels,
-                 "num_tokens": torch.tensor(sum(len(item["input_ids"]) for item in items))}
+                 "num_tokens": sum(len(item["input_ids"]) for item in items),
+                 "num_examples": sum(item.get("documents", 1) for item in items)}
         if packed:
             batch["position_ids"] = position_ids
         else:
