@@ -1,4 +1,5 @@
-"""The throughput callback's FLOP estimate agrees with torch's own FLOP counter, and runs log FLOP/s."""
+"""The throughput callback's FLOP estimate agrees with torch's own FLOP counter, and runs log FLOP/s
+and the gradient norm."""
 
 from __future__ import annotations
 
@@ -70,4 +71,5 @@ def test_run_logs_flops_per_second(tiny_model_dir, sentiment_csv, tmp_path):
     train(cfg)
     logged = (next((tmp_path / "run").rglob("metrics.csv"))).read_text().splitlines()[0].split(",")
     assert "train/device/flops_per_sec" in logged and "train/device/samples_per_sec" in logged
+    assert "train/grad_norm" in logged  # the NaN/inf guard's norm, reused for clipping and logged
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())

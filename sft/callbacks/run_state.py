@@ -87,8 +87,11 @@ class NonFiniteLossGuard(Callback):
         # fp16 loss scaling produces inf gradients on purpose (the scaler then skips the step).
         if "16-mixed" not in str(trainer.precision) or "bf16" in str(trainer.precision):
             grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
-            if grads:  # the largest |gradient| (NaN propagates), in a few fused kernels
-                checks.append(torch.nn.utils.get_total_norm(grads, norm_type=float("inf")))
+            if grads:  # the global L2 norm (NaN/inf propagate), in a few fused kernels
+                norm = torch.nn.utils.get_total_norm(grads)
+                checks.append(norm)
+                # SFTModule clips with it instead of reading every gradient a second time.
+                pl_module.step_grad_norm = norm
         # One host synchronisation per optimizer step, not one per parameter.
         if not checks or bool(torch.isfinite(torch.stack([c.float().to(checks[0].device) for c in checks])).all()):
             return

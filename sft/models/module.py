@@ -73,6 +73,7 @@ class SFTModule(L.LightningModule):
             self.backbone.requires_grad_(False)
         self.head = build_head(task, hidden_size, label_names, **head_options)
         self.flops_per_batch = None  # set per batch by SFTThroughputMonitor, for FLOP/s and MFU in the logs
+        self.step_grad_norm = None  # this step's global gradient norm, when the NaN/inf guard computed it
         if lora:  # peft LoRA adapters: the backbone's own weights freeze, only adapters (and the head) train
             from sft.models.causal_lm import apply_lora
 
@@ -149,6 +150,19 @@ class SFTModule(L.LightningModule):
             checkpoint["adapter_only"] = True
 
     # -- optimization ----------------------------------------------------------------------
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        """Norm clipping reuses the global gradient norm the NaN/inf guard just computed for this
+        step (one pass over the gradients instead of two); other cases are Lightning's own."""
+        norm, self.step_grad_norm = getattr(self, "step_grad_norm", None), None
+        reusable = type(self.trainer.strategy).__name__ in ("SingleDeviceStrategy", "DDPStrategy")  # whole gradients
+        if norm is not None and gradient_clip_val and gradient_clip_algorithm in (None, "norm") and reusable:
+            self.log("train/grad_norm", norm, on_step=True, on_epoch=False)
+            torch.nn.utils.clip_grads_with_norm_([p for p in self.parameters() if p.grad is not None],
+                                                 gradient_clip_val, norm)
+            return
+        self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
+
     def configure_optimizers(self):
         if self.optimizer_factory is None:
             raise ConfigError("SFTModule needs an optimizer (the optimizer= config group) to train")
