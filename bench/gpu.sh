@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Every benchmark workload at full (GPU) size on one GPU, figures as JSON in OUT_DIR.
+# Every benchmark workload at full (GPU) size on one GPU, and the image loader against the model
+# (bench/image_pipeline.py), figures as JSON in OUT_DIR.
 #   bash bench/gpu.sh [OUT_DIR]
 #   PEAK_TFLOPS=790 bash bench/gpu.sh OUT_DIR              # also MFU of chat_sft (790: dense bf16 of the H200 in ASSETS.md)
 #   SIZE=cpu SHAPE=tiny STEPS=2 bash bench/gpu.sh OUT_DIR   # the same script at a small size, e.g. on CPU
@@ -28,4 +29,7 @@ for workload in text_cls overhead chat_sft image_cls; do
     [[ "$workload" == chat_sft ]] && more+=(${CHAT_EXTRA[@]+"${CHAT_EXTRA[@]}"})
     "$PYTHON" "$HERE/compare.py" "$workload" --size "$SIZE" ${more[@]+"${more[@]}"} --json "$OUT/$workload.json"
 done
+IMAGE_EXTRA=()
+[[ "${SHAPE:-}" == tiny ]] && IMAGE_EXTRA+=(--architecture test_resnet --image-size 32 --images 160)
+"$PYTHON" "$HERE/image_pipeline.py" --size "$SIZE" ${IMAGE_EXTRA[@]+"${IMAGE_EXTRA[@]}"} --json "$OUT/image_pipeline.json"
 echo "figures written to $OUT"

@@ -100,3 +100,12 @@ def test_compare_rejects_a_shape_of_another_workload():
     result = subprocess.run([sys.executable, str(ROOT / "bench" / "compare.py"), "image_cls", "--shape", "tinyllama"],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode != 0 and "image_cls has the shapes" in result.stderr
+
+
+def test_image_pipeline_figures(gpu_script_run):
+    out, _ = gpu_script_run
+    figures = json.loads((out / "image_pipeline.json").read_text())
+    assert figures["size"]["architecture"] == "test_resnet" and figures["workers"] >= 1
+    assert figures["loader_images_per_s"] > 0 and figures["model_images_per_s"] > 0
+    assert figures["ratio"] == pytest.approx(figures["loader_images_per_s"] / figures["model_images_per_s"], rel=0.01)
+    assert figures["worker"]["ours"] > 0 and figures["worker"]["peer"] > 0
