@@ -43,7 +43,8 @@ def figures_of(run, workload: str) -> dict:
 
 def test_gpu_script_runs_every_workload(gpu_script_run):
     out, stdout = gpu_script_run
-    assert sorted(p.name for p in out.glob("*.json")) == ["chat_sft.json", "image_cls.json", "overhead.json", "text_cls.json"]
+    assert sorted(p.name for p in out.glob("*.json")) == ["chat_sft.json", "image_cls.json", "image_pipeline.json",
+                                                          "overhead.json", "text_cls.json"]
     assert stdout.count("ratio sft/peer") == 4
 
 
