@@ -87,3 +87,22 @@ def test_torn_entry_is_encoded_again(tiny_model_dir, tmp_path, cache_root, monke
     calls = encode_calls(monkeypatch)
     again = datamodule(tiny_model_dir, data)
     assert len(calls) == 2 and again.encoded("train").examples == first.encoded("train").examples
+
+
+def test_chat_audit_is_shown_for_a_cached_split(tmp_path, cache_root, caplog):
+    """The audit lines (supervised tokens of the first records) appear on every run, cached or not."""
+    import logging
+
+    from tests.chat_fixtures import make_tokenizer, write_chat_jsonl
+
+    model_dir = tmp_path / "tok"
+    model_dir.mkdir()
+    make_tokenizer(model_dir)
+    data = write_chat_jsonl(tmp_path / "chat.jsonl", rows=30)
+    for run in range(2):
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="sft.data.chat"):
+            dm = SFTDataModule(task="causal_lm", tokenizer=str(model_dir), train_file=str(data), max_length=64)
+            dm.setup("fit")
+        assert sum("[audit]" in r.getMessage() for r in caplog.records) == 2 * 2, run  # 2 records of train and val
+    assert len(list(cache_root.glob("*.pkl"))) == 2

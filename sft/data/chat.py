@@ -344,6 +344,11 @@ class ChatProcessor:
             raise DataError(f"{table.path}: no example kept a supervised token (see data_report: {report.as_dict()})")
         return examples, report
 
+    def audit_cached(self, table: Table) -> None:
+        """A split read from the encode cache still shows its audit: the first records again."""
+        if self.audit_examples and len(table):
+            self.encode(table.subset(list(range(min(self.audit_examples, len(table))))))
+
     def arrange(self, split: str, examples: list[dict]) -> list[dict]:
         """Training rows: packed when data.packing is on, else the examples themselves."""
         if split != "train" or not self.packing:

@@ -238,6 +238,9 @@ class SFTDataModule(L.LightningDataModule):
         cached = encode_cache.load(cache_file) if cache_file is not None else None
         if cached is not None:
             rank_zero_info(f"[data] {split}: tokenized examples read from {cache_file} (data.cache_encoded)")
+            audit = getattr(self.processor, "audit_cached", None)  # logs the processor shows while encoding
+            if audit is not None:
+                audit(self.tables()[split])
             return cached
         examples, report = self.processor.encode(self.tables()[split])
         if cache_file is not None:
