@@ -126,6 +126,7 @@ class SFTDataModule(L.LightningDataModule):
         self._tables: dict[str, Table] = {}
         self._encoded: dict[str, EncodedDataset] = {}
         self._tokenizer = None
+        self._tokenizer_digest: Optional[str] = None
         self._processor: Optional[TextClassificationProcessor] = None
         self.report: dict[str, dict] = {}
         self._train_sampler: Optional[ResumableSampler] = None
@@ -229,9 +230,15 @@ class SFTDataModule(L.LightningDataModule):
             "settings": {k: v for k, v in hp.items() if k not in encode_cache.LOADER_ONLY},
             "label_names": self.processor.label_names,
             "files": [encode_cache.file_fingerprint(str(f) if f else None) for f in files],
-            "tokenizer": encode_cache.tokenizer_fingerprint(self.tokenizer),
+            "tokenizer": self._tokenizer_fingerprint(),
             "processor_state": state() if state is not None else None,
         })
+
+    def _tokenizer_fingerprint(self) -> str:
+        # Serializing the tokenizer costs tens of milliseconds: once per data module, not per split.
+        if self._tokenizer_digest is None:
+            self._tokenizer_digest = encode_cache.tokenizer_fingerprint(self.tokenizer)
+        return self._tokenizer_digest
 
     def _encode(self, split: str):
         cache_file = self._encode_cache_file(split)
