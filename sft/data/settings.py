@@ -1,0 +1,35 @@
+"""The data settings every task shares (`data.*` keys besides `data.task` and the task's own)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Optional, Union
+
+from sft.options import option
+
+
+@dataclass
+class DataSettings:
+    tokenizer: Optional[str] = option(None, "the tokenizer (text tasks: the backbone's, model.pretrained)")
+    train_file: Optional[str] = option(None, "your training file (CSV, TSV, JSON, JSONL, Parquet, CoNLL) or folder")
+    val_file: Optional[str] = option(None, "validation file (null: carve val_fraction off train)")
+    test_file: Optional[str] = option(None, "test file (null: carve test_fraction off train)")
+    dataset: Optional[str] = option(None, "a catalog data set instead of train_file")
+    text_column: str = option("text", "field holding the text")
+    text_pair_column: Optional[str] = option(None, "field holding the second text of a pair")
+    label_column: Union[str, list] = option("label", "field holding the label (regression: one or several columns)")
+    val_fraction: float = option(0.1, "share of train held out for validation when val_file is null", above=0.0, below=1.0)
+    test_fraction: float = option(0.1, "share of train held out for testing when test_file is null", above=0.0, below=1.0)
+    split_seed: int = option(42, "seed of the train/val/test split")
+    max_length: int = option(128, "longest tokenized input", min=1)
+    batch_size: int = option(32, "training batch size per device", min=1)
+    eval_batch_size: Optional[int] = option(None, "validation/test batch size per device (null: batch_size)", min=1)
+    num_workers: Union[int, Literal["auto"]] = option(0, "DataLoader workers, or auto", min=0)
+    pad_to_multiple_of: Optional[int] = option(8, "pad batches to a multiple of this length", min=1)
+    group_by_length: bool = option(True, "batch training examples of similar length")
+    label_names: Optional[list] = option(None, "fix the label map instead of learning it from train")
+    trust_remote_code: bool = option(False, "allow custom tokenizer code from the model folder")
+    max_train_records: Optional[int] = option(None, "train on a seeded subset of this many records", min=1)
+    cache_encoded: bool = option(True, "keep tokenized splits in $SFT_CACHE/encoded between runs")
+    input_spec: Optional[dict] = option(None, "images: size, mean, std, ... the backbone expects (set from the model)")
+

@@ -1,0 +1,38 @@
+"""Text classification: single texts or sentence pairs, one label each."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sft.tasks import register_task
+from sft.tasks.base import Task, text_settings
+from sft.tasks.options import TextClassificationHeadOptions
+
+
+def export_text_model(module, datamodule, out_dir: Path) -> None:
+    from sft.export import export_module
+
+    export_module(module, datamodule.tokenizer, out_dir, datamodule.hparams.max_length,
+                  datamodule.processor.export_options())
+
+
+@register_task
+class TextClassification(Task):
+    name = "text_classification"
+    modality = "text"
+    monitor = ("val/acc", "max")
+    HeadOptions = TextClassificationHeadOptions
+
+    def make_processor(self, settings, options, tokenizer):
+        from sft.data.text_classification import TextClassificationProcessor
+
+        return TextClassificationProcessor(tokenizer, **text_settings(settings))
+
+    def make_head(self, hidden_size, label_names, options, learned):
+        from sft.models.classification_head import SequenceClassificationHead
+
+        return SequenceClassificationHead(hidden_size, label_names, options.pooling, options.dropout,
+                                          options.label_smoothing, options.class_weights)
+
+    def export(self, module, datamodule, out_dir):
+        export_text_model(module, datamodule, out_dir)
