@@ -24,10 +24,12 @@ def audit(cfg: DictConfig) -> dict:
     """Encode every split as training would; returns the data report (per split)."""
     import hydra
 
-    from sft.tasks import check_task_model
+    from sft.cli import model_input_spec
+    from sft.config import check_config
+    from sft.tasks import get_task
 
-    check_task_model(cfg.data.task, cfg.model.modality)
-    datamodule = hydra.utils.instantiate(cfg.data)
+    check_config(cfg)
+    datamodule = hydra.utils.instantiate(cfg.data, **model_input_spec(cfg.model, get_task(cfg.data.task)))
     for split in ("train", "val", "test"):
         datamodule.encoded(split)
     return datamodule.report
@@ -37,8 +39,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     from hydra import compose, initialize_config_dir
 
     from sft.cli import config_dir
-    from sft.data.sources import DataError
-    from sft.tasks import ConfigError
+    from sft.errors import UserError
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     overrides = list(sys.argv[1:] if argv is None else argv)
@@ -46,7 +47,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         cfg = compose(config_name="train", overrides=overrides)
     try:
         report = audit(cfg)
-    except (DataError, ConfigError) as error:
+    except UserError as error:
         print(f"AUDIT FAILED: {error}", file=sys.stderr)
         return 1
     print(json.dumps(report, indent=2))

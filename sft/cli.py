@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import secrets
 import warnings
 from pathlib import Path
 from typing import Any, Optional
@@ -23,7 +21,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from sft import runs
 from sft.callbacks.run_state import RNGState, RunRecord
-from sft.tasks import ConfigError, check_task_model, task_monitor
+from sft.config import check_config, register_resolvers
+from sft.errors import ConfigError
+from sft.tasks import get_task
+
+register_resolvers()
 
 log = logging.getLogger("sft")
 
@@ -32,24 +34,6 @@ def config_dir() -> str:
     """conf/ of the checkout when run from one, else the copy installed as sft/conf."""
     checkout = Path(__file__).resolve().parents[1] / "conf"
     return str(checkout if (checkout / "train.yaml").is_file() else Path(__file__).resolve().parent / "conf")
-
-
-# A random suffix on run directories, so two runs started in the same second never share one.
-# Cached, so every interpolation of the run directory within one config sees the same value.
-if not OmegaConf.has_resolver("run_id"):
-    OmegaConf.register_new_resolver("run_id", lambda: secrets.token_hex(3), use_cache=True)
-# `monitor: ${task_monitor:${data.task}}` in train.yaml: the best-checkpoint metric follows the task.
-if not OmegaConf.has_resolver("task_monitor"):
-    OmegaConf.register_new_resolver("task_monitor", task_monitor)
-# The TensorBoard name of a sweep job: its swept overrides, so curves are labelled by them.
-if not OmegaConf.has_resolver("run_label"):
-    OmegaConf.register_new_resolver("run_label", runs.run_label)
-# Optuna's storage: an SQLite file in the sweep directory, made before the sweeper opens it.
-if not OmegaConf.has_resolver("optuna_storage"):
-    OmegaConf.register_new_resolver("optuna_storage", lambda folder: runs.sqlite_url(folder), use_cache=True)
-# Optuna's `direction` from `optimized_mode` (max/min).
-if not OmegaConf.has_resolver("optuna_direction"):
-    OmegaConf.register_new_resolver("optuna_direction", lambda mode: "maximize" if mode == "max" else "minimize")
 
 
 # -- building pieces ---------------------------------------------------------------------------
@@ -153,13 +137,14 @@ def train(cfg: DictConfig, extra_callbacks: Optional[list] = None) -> dict[str, 
         cfg = runs.resume_config(cfg)
     apply_extras(cfg)
     run_dir = output_dir(cfg)
-    check_task_model(cfg.data.task, cfg.model.modality)  # refuse a bad pair before anything loads
+    check_config(cfg)  # unknown keys, wrong types, bad values, a task the model cannot serve: before anything loads
     runs.validate_config(cfg)
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
 
-    datamodule = hydra.utils.instantiate(cfg.data)
-    runs.validate_monitor(cfg, datamodule.label_names)  # reads the data's labels, still before any weights
+    task = get_task(cfg.data.task)
+    datamodule = hydra.utils.instantiate(cfg.data, **model_input_spec(cfg.model, task))
+    runs.validate_monitor(cfg, task, datamodule.label_names)  # reads the data's labels, still before any weights
     module = hydra.utils.instantiate(
         cfg.model,
         task=cfg.data.task,
@@ -196,6 +181,17 @@ def train(cfg: DictConfig, extra_callbacks: Optional[list] = None) -> dict[str, 
     return metrics
 
 
+def model_input_spec(model_cfg, task) -> dict:
+    """What the data side needs to know of the model's input (image size and normalization), taken
+    from the model config: configuration flows from the model into the data, never back."""
+    if task.modality != "image":
+        return {}
+    from sft.models.image_backbones import image_data_config
+
+    pretrained, architecture = model_cfg.get("pretrained"), model_cfg.get("architecture")
+    return {"input_spec": image_data_config(pretrained, architecture) if (pretrained or architecture) else None}
+
+
 @rank_zero_only
 def report_run(run_dir: Path, metrics: dict[str, float], best: str, data_report: dict) -> None:
     if data_report:
@@ -215,7 +211,6 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     """Test a checkpoint on the test split its run used (or on eval's `test_file`), optionally
     writing predictions and an export folder."""
     from sft.data.datamodule import SFTDataModule
-    from sft.models.module import SFTModule
 
     apply_extras(cfg)
     run_dir = output_dir(cfg)
@@ -223,13 +218,14 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     if not ckpt_path.is_file():
         raise FileNotFoundError(f"ckpt_path: no checkpoint at {ckpt_path.absolute()}")
     checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    module = module_from_checkpoint(checkpoint, ckpt_path)
     data_hparams = dict(checkpoint.get("datamodule_hyper_parameters") or {})
     if not data_hparams:
-        raise ValueError(f"{ckpt_path} records no data module settings; was it written by sft?")
-    # A LoRA checkpoint holds only the adapters: the base weights come from model.pretrained.
-    adapter_only = bool(checkpoint.get("adapter_only"))
-    module = SFTModule.load_from_checkpoint(ckpt_path, map_location="cpu", load_weights=adapter_only)
+        raise ConfigError(f"{ckpt_path} records no data module settings; was it written by sft?")
     data_hparams["label_names"] = module.label_names  # the training label map, never rebuilt
+    if "backbone" in data_hparams:  # written before the input spec came from the model side
+        data_hparams.pop("backbone"), data_hparams.pop("architecture", None)
+        data_hparams.update(model_input_spec(dict(module.hparams), module.task))
     if cfg.get("test_file"):
         data_hparams["test_file"] = cfg.test_file
     if cfg.get("batch_size"):
@@ -237,107 +233,36 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     datamodule = SFTDataModule(**data_hparams)
     if checkpoint.get(type(datamodule).__qualname__):  # e.g. the chat template a causal_lm run trained with
         datamodule.load_state_dict(checkpoint[type(datamodule).__qualname__])
+    del checkpoint
 
     trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, logger=instantiate_group(cfg.get("logger")) or False,
                                                  callbacks=instantiate_group(cfg.get("callbacks")))
     trainer.test(module, datamodule=datamodule)
     metrics = _floats(trainer.callback_metrics)
-    write_metrics(run_dir / "metrics.json", metrics)
     if cfg.get("predictions_file"):
-        if module.hparams.task == "causal_lm":
-            metrics.update(write_generations(trainer, module, datamodule, Path(cfg.predictions_file),
-                                             int(cfg.get("max_new_tokens") or 128)))
-            write_metrics(run_dir / "metrics.json", metrics)
-        else:
-            write_predictions(trainer, module, datamodule, Path(cfg.predictions_file))
+        metrics.update(module.task.write_predictions(trainer, module, datamodule, Path(cfg.predictions_file),
+                                                     int(cfg.get("max_new_tokens") or 128)))
+    write_metrics(run_dir / "metrics.json", metrics)
     if cfg.get("export_dir"):
-        from sft.export import export_causal_lm, export_image_module, export_module
-
-        if module.hparams.task == "causal_lm":
-            export_causal_lm(module, datamodule.tokenizer, Path(cfg.export_dir),
-                             end_of_turn_token=datamodule.processor.end_of_turn_token)
-            if module.hparams.get("lora"):
-                export_causal_lm(module, datamodule.tokenizer, Path(cfg.export_dir) / "adapter", adapter_only=True)
-        elif module.hparams.modality == "image":
-            export_image_module(module, datamodule.processor.input, Path(cfg.export_dir))
-        else:
-            export_options = getattr(datamodule.processor, "export_options", None)
-            export_module(module, datamodule.tokenizer, Path(cfg.export_dir), datamodule.hparams.max_length,
-                          export_options() if export_options is not None else None)
+        module.task.export(module, datamodule, Path(cfg.export_dir))
         log.info("Exported model to %s", cfg.export_dir)
     report_run(run_dir, metrics, str(ckpt_path), datamodule.report)
     return metrics
 
 
-def write_predictions(trainer: L.Trainer, module, datamodule, path: Path) -> None:
-    """One JSON line per test record: its source location, text (or image path), gold label, prediction,
-    probabilities and, where the head gives them, the top-k labels with their probabilities."""
-    outputs = trainer.predict(module, datamodule=datamodule)
-    table = datamodule.tables()["test"]
-    task_rows = getattr(datamodule.processor, "prediction_rows", None)
-    if task_rows is not None:  # tasks whose predictions are not one label per record
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "w", encoding="utf-8") as f:
-            count = 0
-            for line in task_rows(table, outputs, list(module.label_names)):
-                f.write(json.dumps(line) + "\n")
-                count += 1
-        log.info("Wrote %d predictions to %s", count, path)
-        return
-    examples = datamodule.encoded("test").examples  # skipped records (bad images) leave gaps in the table
-    hp = datamodule.hparams
-    names = module.label_names
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        row = 0
-        for batch in outputs:
-            top = (zip(batch["top_k_indices"].tolist(), batch["top_k_probabilities"].tolist())
-                   if "top_k_indices" in batch else None)
-            for probs, pred in zip(batch["probabilities"].tolist(), batch["prediction"].tolist()):
-                index = examples[row].get("row", row)
-                record = table.rows[index]
-                line = {"source": table.where(index)}
-                if "image" in examples[row]:
-                    line["image"] = examples[row]["image"] if isinstance(examples[row]["image"], str) else None
-                else:
-                    line["text"] = record.get(hp.text_column)
-                if hp.text_pair_column:
-                    line["text_pair"] = record.get(hp.text_pair_column)
-                line["label"] = record.get(hp.label_column)
-                line["prediction"] = names[pred]
-                line["probabilities"] = {name: round(p, 6) for name, p in zip(names, probs)}
-                if top is not None:
-                    indices, values = next(top)
-                    line["top_k"] = [{"label": names[i], "probability": round(p, 6)} for i, p in zip(indices, values)]
-                f.write(json.dumps(line) + "\n")
-                row += 1
-    log.info("Wrote %d predictions to %s", row, path)
+def module_from_checkpoint(checkpoint: dict, ckpt_path: Path):
+    """The SFTModule a checkpoint holds, built from the checkpoint already in memory (read once).
+    A LoRA checkpoint holds only the adapters and the head: the base weights come from model.pretrained."""
+    from sft.models.module import SFTModule
 
-
-def write_generations(trainer: L.Trainer, module, datamodule, path: Path, max_new_tokens: int) -> dict[str, float]:
-    """causal_lm: one JSON line per test conversation with the prompt (rendered with the chat
-    template, up to the last assistant turn), the reference answer, the greedy answer and whether
-    they match; returns test/generated_exact_match over all of them."""
-    from sft.callbacks.generate import greedy_answers, is_match
-
-    table = datamodule.tables()["test"]
-    examples = datamodule.generation_examples("test", len(table))
-    if not examples:
-        raise ConfigError("predictions_file: the test records are plain text, with no assistant turn to answer")
-    processor = datamodule.processor
-    backbone = module.backbone.to(trainer.strategy.root_device)
-    answers = greedy_answers(backbone, [e["prompt_ids"] for e in examples], processor.tokenizer.pad_token_id,
-                             processor.end_of_turn_id, max_new_tokens, processor.tokenizer)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    matches = 0
-    with open(path, "w", encoding="utf-8") as f:
-        for example, answer in zip(examples, answers):
-            match = is_match(answer, example["reference"])
-            matches += match
-            f.write(json.dumps({"source": example["where"], "prompt": example["prompt"], "reference": example["reference"],
-                                "prediction": answer, "exact_match": match}) + "\n")
-    log.info("Wrote %d generated answers to %s", len(examples), path)
-    return {"test/generated_exact_match": matches / len(examples)}
+    hparams = dict(checkpoint.get("hyper_parameters") or {})
+    if "task" not in hparams or "label_names" not in hparams:
+        raise ConfigError(f"{ckpt_path} records no sft model settings; was it written by sft?")
+    adapter_only = bool(checkpoint.get("adapter_only"))
+    module = SFTModule(**hparams, load_weights=adapter_only)
+    module.load_state_dict(checkpoint["state_dict"], strict=not adapter_only)
+    module.on_load_checkpoint(checkpoint)
+    return module.eval()
 
 
 # -- entry points ------------------------------------------------------------------------------------

@@ -43,24 +43,8 @@ def load_head(head: torch.nn.Module, path: Path) -> torch.nn.Module:
     return head
 
 
-TEXT_EXPORT_TASKS = ("text_classification", "multilabel_classification", "text_regression", "token_classification")
-
-
-def head_options_of(module) -> dict:
-    """The head's own settings from the module's hyperparameters (pooling, threshold, target statistics, ...)."""
-    import inspect
-
-    known = set(inspect.signature(type(module).__init__).parameters)
-    return {k: v for k, v in module.hparams.items() if k not in known}
-
-
 def export_module(module, tokenizer, out_dir: str | Path, max_length: int = 512,
                   processor_options: Optional[dict] = None) -> Path:
-    if module.hparams.task not in TEXT_EXPORT_TASKS:
-        from sft.tasks import ConfigError
-
-        raise ConfigError(f"export_dir: text exports cover {', '.join(TEXT_EXPORT_TASKS)}, not {module.hparams.task}; "
-                          f"use the checkpoint with eval.py instead")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     module.backbone.save_pretrained(out)
@@ -72,7 +56,7 @@ def export_module(module, tokenizer, out_dir: str | Path, max_length: int = 512,
         "task": hp.task,
         "label_names": list(module.label_names),
         "pooling": getattr(module.head, "pooling", None),
-        "head_options": head_options_of(module),
+        "head_options": dict(module.head_options),
         "hidden_size": module.backbone.config.hidden_size,
         "max_length": max_length,
         "processor_options": processor_options or {},
@@ -98,20 +82,23 @@ class Predictor:
     def load(cls, folder: str | Path, device: str = "cpu") -> "Predictor":
         from transformers import AutoModel, AutoTokenizer
 
-        from sft.models.heads import build_head
+        from sft.tasks import get_task
 
         folder = Path(folder)
         info = read_export_info(folder)
         if info["task"] == "image_classification":
             return ImagePredictor.load(folder, device)
-        if info["task"] not in TEXT_EXPORT_TASKS:
+        task = get_task(info["task"])
+        if task.modality != "text":
             raise ValueError(f"{folder}/sft_model.json: task {info['task']!r} has no Predictor; "
                              f"load a causal_lm export with transformers' AutoModelForCausalLM")
         backbone = AutoModel.from_pretrained(folder).to(device)
         if getattr(backbone, "pooler", None) is not None:
             backbone.pooler = None
-        options = {**info.get("head_options", {"pooling": info["pooling"]}), "dropout": 0.0}
-        head = build_head(info["task"], info["hidden_size"], info["label_names"], **options)
+        # Folders written before heads kept only their own options may list other heads' options too.
+        known = set(task.HeadOptions.__dataclass_fields__) | set(task.learned_keys)
+        options = {k: v for k, v in info.get("head_options", {"pooling": info["pooling"]}).items() if k in known}
+        head = task.build_head(info["hidden_size"], info["label_names"], {**options, "dropout": 0.0})
         load_head(head, folder / "head.safetensors")
         tokenizer = AutoTokenizer.from_pretrained(folder)
         if info["task"] == "token_classification":

@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import datetime
 import importlib.metadata
-import inspect
 import json
 import os
 import platform
 import shlex
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 from typing import Any, Optional
 
@@ -21,7 +19,7 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from sft.tasks import ConfigError
+from sft.errors import ConfigError
 
 PACKAGES = ("sft", "torch", "lightning", "transformers", "tokenizers", "torchmetrics", "hydra-core", "omegaconf",
             "numpy", "peft", "timm", "torchvision", "hydra-optuna-sweeper", "optuna", "hydra-submitit-launcher",
@@ -163,32 +161,15 @@ def validate_config(cfg: DictConfig) -> None:
                           f"(trainer.max_steps={max_steps}): the learning rate would never leave warmup")
 
 
-def logged_metric_names(cfg: DictConfig, label_names: list[str]) -> dict[str, set[str]]:
-    """The names a run logs, per stage, taken from the task's head (built without any weights)."""
-    from sft.models.heads import build_head
-    from sft.models.module import SFTModule
+def logged_metric_names(cfg: DictConfig, task, label_names: list[str]) -> dict[str, set[str]]:
+    """The names a run logs, per stage: its task's head declares them; callbacks that log metrics
+    of their own (generation's exact match) declare theirs in LOGGED_METRICS."""
+    from sft.config import ModelSettings
 
-    module_keys = set(inspect.signature(SFTModule.__init__).parameters)
-    head_options = {k: v for k, v in OmegaConf.to_container(cfg.model, resolve=True).items()
-                    if k not in module_keys and not k.startswith("_")}
-    head = build_head(cfg.data.task, 8, label_names, **head_options)
-
-    def names(prefix: str, final: bool) -> set[str]:
-        metrics = head.make_metrics(prefix, final=final)
-        try:  # the names as computed (metrics returning a dict, like NER's, name their entries only then)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                values = metrics.compute()
-        except Exception:  # a metric that cannot compute without data
-            values = {k: torch.zeros(len(label_names)) for k in metrics.keys()}
-        try:
-            flat = head.flatten_metrics(values)
-        except Exception:  # a head whose flattening needs real values: fall back to the collection's names
-            flat = dict(metrics.items())
-        return set(flat) | {f"{prefix}loss"}
-
-    logged = {"train": names("train/", False) | {"train/lr"}, "val": names("val/", False), "test": names("test/", True)}
-    # Callbacks that log metrics of their own (generation's exact match) declare them.
+    model = OmegaConf.to_container(cfg.model, resolve=True)
+    head = {k: v for k, v in model.items() if k not in ModelSettings.__dataclass_fields__ and not k.startswith("_")}
+    logged = task.logged_metrics(label_names, task.check_head_options(head))
+    logged["train"].add("train/lr")
     for node in (cfg.get("callbacks") or {}).values():
         if isinstance(node, DictConfig) and "_target_" in node:
             try:
@@ -200,10 +181,10 @@ def logged_metric_names(cfg: DictConfig, label_names: list[str]) -> dict[str, se
     return logged
 
 
-def validate_monitor(cfg: DictConfig, label_names: list[str]) -> None:
+def validate_monitor(cfg: DictConfig, task, label_names: list[str]) -> None:
     """`monitor` (and every callback's own `monitor`) must be a metric the run logs during training;
     `optimized_metric` one it reports at the end."""
-    names = logged_metric_names(cfg, label_names)
+    names = logged_metric_names(cfg, task, label_names)
     during_fit = names["train"] | names["val"]
     checks = [("monitor", cfg.get("monitor"))]
     for name, node in (cfg.get("callbacks") or {}).items():

@@ -14,6 +14,8 @@ from typing import Any, Optional
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from sft.errors import ConfigError
+
 log = logging.getLogger("sft")
 
 ERROR_FILE = "error.json"
@@ -33,7 +35,7 @@ def record_failure(run_dir: Path, error: BaseException) -> None:
 
 def optuna_direction(mode: str) -> str:
     if mode not in ("max", "min"):
-        raise ValueError(f"optimized_mode={mode!r} must be max or min")
+        raise ConfigError(f"optimized_mode={mode!r} must be max or min")
     return "maximize" if mode == "max" else "minimize"
 
 

@@ -20,8 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from sft.data.sources import DataError, Table
-from sft.tasks import ConfigError
+from sft.data.processor import Processor
+from sft.data.sources import Table
+from sft.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -146,14 +147,13 @@ def to_messages(row: dict, shape: str, where: str) -> list[dict]:
     return out
 
 
-class ChatProcessor:
+class ChatProcessor(Processor):
     """Processor for `task=causal_lm` (see the module docstring for shapes and masking)."""
 
     def __init__(self, tokenizer, max_length: int = 1024, format: Optional[str] = None,
                  chat_template: Optional[str] = None, train_on_prompt: bool = False,
                  truncation: str = "keep_start", end_of_turn_token: Optional[str] = None,
-                 packing: bool = False, audit_examples: int = 2, label_names=None,
-                 text_column: str = "text", text_pair_column=None, label_column=None):
+                 packing: bool = False, audit_examples: int = 2):
         if format is not None and format not in FORMATS:
             raise ConfigError(f"data.format={format!r} is not one of {FORMATS} (or null to detect it)")
         if truncation not in TRUNCATIONS:
@@ -208,7 +208,9 @@ class ChatProcessor:
     def fit(self, train: Table) -> list[str]:
         return self.label_names
 
-    def make_collator(self, pad_to_multiple_of: Optional[int]):
+    step_normalized = True  # each training batch carries its optimizer step's supervised-token count
+
+    def make_collator(self, pad_to_multiple_of: Optional[int], train: bool = False):
         from sft.data.packing import CausalLMCollator
 
         return CausalLMCollator(self.tokenizer.pad_token_id, pad_to_multiple_of)
@@ -357,8 +359,7 @@ class ChatProcessor:
 
         return pack_examples(examples, self.max_length)
 
-    @staticmethod
-    def supervised_count(item: dict) -> int:
+    def supervised_count(self, item: dict) -> int:
         return sum(1 for label in item["labels"] if label != IGNORE)
 
     # -- prompts for generation ------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterator
 
-from sft.data.sources import DataError
+from sft.errors import DataError
 
 
 def read_conll(path: Path, opener) -> Iterator[tuple[str, dict]]:

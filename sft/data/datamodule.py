@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import inspect
 import logging
 import os
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import lightning as L
 import numpy as np
@@ -16,25 +15,13 @@ from torch.utils.data import DataLoader, Dataset
 
 from sft import assets
 from sft.data import encode_cache
+from sft.data.processor import Processor
 from sft.data.samplers import ResumableSampler
-from sft.data.chat import ChatProcessor
-from sft.data.sources import DataError, Table, read_table
-from sft.data.multilabel import MultiLabelProcessor
-from sft.data.regression import RegressionProcessor
-from sft.data.images import ImageClassificationProcessor
-from sft.data.text_classification import TextClassificationProcessor
-from sft.data.token_classification import TokenClassificationProcessor
-from sft.tasks import TASK_MODALITY, ConfigError, plain
-
-# The processor of each task: reads records of a Table, learns the label map from train, encodes.
-PROCESSORS = {
-    "text_classification": TextClassificationProcessor,
-    "multilabel_classification": MultiLabelProcessor,
-    "text_regression": RegressionProcessor,
-    "token_classification": TokenClassificationProcessor,
-    "causal_lm": ChatProcessor,
-    "image_classification": ImageClassificationProcessor,
-}
+from sft.data.settings import DataSettings
+from sft.data.sources import DataError, Table
+from sft.errors import ConfigError
+from sft.options import as_dict, check_options
+from sft.tasks import Task, get_task, plain
 
 log = logging.getLogger(__name__)
 
@@ -85,49 +72,42 @@ def seeded_split(n: int, fraction: float, seed: int, of: Optional[int] = None) -
     return sorted(order[carved:].tolist()), sorted(order[:carved].tolist())
 
 
+def check_data_settings(task: Task, settings: dict) -> tuple[DataSettings, Any]:
+    """The shared data settings and the task's own, checked: an unknown key, a wrong type or a value
+    out of range is refused, naming the key."""
+    shared, own_keys = set(DataSettings.__dataclass_fields__), set(task.DataOptions.__dataclass_fields__)
+    unknown = sorted(set(settings) - shared - own_keys)
+    if unknown:
+        raise ConfigError(f"data.{unknown[0]} is not a data setting of data.task={task.name}; the task's own settings: "
+                          f"{', '.join(sorted(own_keys)) or '(none)'}; shared settings: {', '.join(sorted(shared))}")
+    common = check_options(DataSettings, {k: plain(v) for k, v in settings.items() if k in shared},
+                           "data", f"data.task={task.name}")
+    own = task.check_data_options({k: plain(v) for k, v in settings.items() if k in own_keys})
+    return common, own
+
+
 class SFTDataModule(L.LightningDataModule):
-    def __init__(
-        self,
-        task: str,
-        tokenizer: Optional[str] = None,
-        train_file: Optional[str] = None,
-        val_file: Optional[str] = None,
-        test_file: Optional[str] = None,
-        dataset: Optional[str] = None,
-        text_column: str = "text",
-        text_pair_column: Optional[str] = None,
-        label_column: str = "label",
-        val_fraction: float = 0.1,
-        test_fraction: float = 0.1,
-        split_seed: int = 42,
-        max_length: int = 128,
-        batch_size: int = 32,
-        eval_batch_size: Optional[int] = None,
-        num_workers: int | str = 0,
-        pad_to_multiple_of: Optional[int] = 8,
-        group_by_length: bool = True,
-        label_names: Optional[list[str]] = None,
-        trust_remote_code: bool = False,
-        max_train_records: Optional[int] = None,
-        cache_encoded: bool = True,
-        **task_options,
-    ):
+    """Reads, splits, encodes and batches the records of one task. `settings` are the shared
+    `data.*` keys (sft.data.settings.DataSettings) plus the task's own (its DataOptions)."""
+
+    def __init__(self, task: str, **settings):
         super().__init__()
-        if task not in TASK_MODALITY:
-            raise ConfigError(f"data.task={task!r} is not a known task; known tasks: {', '.join(TASK_MODALITY)}")
-        if (train_file is None) == (dataset is None):
+        self.task = get_task(task)
+        self.settings, self.options = check_data_settings(self.task, settings)
+        if (self.settings.train_file is None) == (self.settings.dataset is None):
             raise ConfigError("set exactly one of data.train_file (your own file) and data.dataset (a catalog data set)"
-                              + (f"; got train_file={train_file!r} and dataset={dataset!r}" if train_file else ""))
+                              + (f"; got train_file={self.settings.train_file!r} and dataset={self.settings.dataset!r}"
+                                 if self.settings.train_file else ""))
         # Absolute paths, so a checkpoint's record of its data still holds from another directory.
-        train_file, val_file, test_file = (os.path.abspath(f) if f else None for f in (train_file, val_file, test_file))
-        label_column, label_names = plain(label_column), plain(label_names)
-        task_options = {key: plain(value) for key, value in task_options.items()}
-        self.save_hyperparameters(logger=False)
+        for key in ("train_file", "val_file", "test_file"):
+            if getattr(self.settings, key):
+                setattr(self.settings, key, os.path.abspath(getattr(self.settings, key)))
+        self.save_hyperparameters({"task": task, **as_dict(self.settings), **as_dict(self.options)}, logger=False)
         self._tables: dict[str, Table] = {}
         self._encoded: dict[str, EncodedDataset] = {}
         self._tokenizer = None
         self._tokenizer_digest: Optional[str] = None
-        self._processor: Optional[TextClassificationProcessor] = None
+        self._processor: Optional[Processor] = None
         self.report: dict[str, dict] = {}
         self._train_sampler: Optional[ResumableSampler] = None
         self._resume_order: Optional[dict] = None  # where a resumed run continues the data order
@@ -151,7 +131,7 @@ class SFTDataModule(L.LightningDataModule):
             return self._tables
         hp = self.hparams
         path, key = self._train_source()
-        read = getattr(PROCESSORS[hp.task], "read_source", read_table)  # images: folders and arrays too
+        read = self.processor.read_source  # images: folders and arrays too
         train = read(path, key)
         in_file = len(train)  # data.*_fraction are shares of the whole training file
         tables = {}
@@ -182,24 +162,10 @@ class SFTDataModule(L.LightningDataModule):
         return self._tokenizer
 
     @property
-    def processor(self):
+    def processor(self) -> Processor:
         if self._processor is None:
-            import inspect
-
-            hp = self.hparams
-            cls = PROCESSORS[hp.task]
-            known = set(inspect.signature(SFTDataModule.__init__).parameters)
-            options = {k: v for k, v in hp.items() if k not in known}
-            accepted = set(inspect.signature(cls).parameters)
-            unknown = sorted(set(options) - accepted)
-            if unknown:
-                raise ConfigError(f"data.{unknown[0]} is not an option of the {hp.task} task")
-            if TASK_MODALITY[hp.task] != "image":  # text encoders and causal LMs read through a tokenizer
-                self._processor = cls(self.tokenizer, text_column=hp.text_column, text_pair_column=hp.text_pair_column,
-                                      label_column=hp.label_column, max_length=hp.max_length,
-                                      label_names=hp.label_names, **options)
-            else:
-                self._processor = cls(label_column=hp.label_column, label_names=hp.label_names, **options)
+            tokenizer = self.tokenizer if self.task.needs_tokenizer else None
+            self._processor = self.task.make_processor(vars(self.settings), self.options, tokenizer)
         return self._processor
 
     @property
@@ -213,25 +179,23 @@ class SFTDataModule(L.LightningDataModule):
     def head_options(self) -> dict:
         """What the head needs learned from the training split besides the label map (e.g. the
         target statistics of regression); passed to the model with the label map."""
-        learn = getattr(self.processor, "head_options", None)
-        return learn(self.tables()["train"]) if learn else {}
+        return self.processor.learned_head_options(self.tables()["train"])
 
     def _encode_cache_file(self, split: str) -> Optional[Path]:
         """Where this split's tokenized examples are kept between runs (None: not cached)."""
         hp = self.hparams
-        if not hp.cache_encoded or TASK_MODALITY[hp.task] == "image":  # images are decoded per batch anyway
+        if not hp.cache_encoded or not self.task.cache_examples:
             return None
         files = [self._train_source()[0], hp.val_file, hp.test_file]
         if hp.dataset:
             files += [assets.split_file(hp.dataset, name) for name in ("val", "test")]
-        state = getattr(self.processor, "checkpoint_state", None)
         return encode_cache.entry_path(assets.cache_root() / "encoded", {
             "split": split,
             "settings": {k: v for k, v in hp.items() if k not in encode_cache.LOADER_ONLY},
             "label_names": self.processor.label_names,
             "files": [encode_cache.file_fingerprint(str(f) if f else None) for f in files],
             "tokenizer": self._tokenizer_fingerprint(),
-            "processor_state": state() if state is not None else None,
+            "processor_state": self.processor.checkpoint_state(),
         })
 
     def _tokenizer_fingerprint(self) -> str:
@@ -245,9 +209,7 @@ class SFTDataModule(L.LightningDataModule):
         cached = encode_cache.load(cache_file) if cache_file is not None else None
         if cached is not None:
             rank_zero_info(f"[data] {split}: tokenized examples read from {cache_file} (data.cache_encoded)")
-            audit = getattr(self.processor, "audit_cached", None)  # logs the processor shows while encoding
-            if audit is not None:
-                audit(self.tables()[split])
+            self.processor.audit_cached(self.tables()[split])  # logs the processor shows while encoding
             return cached
         examples, report = self.processor.encode(self.tables()[split])
         if cache_file is not None:
@@ -258,9 +220,7 @@ class SFTDataModule(L.LightningDataModule):
         if split not in self._encoded:
             self.label_names  # noqa: B018 - the label map must exist before encoding
             examples, report = self._encode(split)
-            arrange = getattr(self.processor, "arrange", None)  # e.g. packing of training rows
-            if arrange is not None:
-                examples = arrange(split, examples)
+            examples = self.processor.arrange(split, examples)  # e.g. packing of training rows
             self._encoded[split] = EncodedDataset(examples)
             self.report[split] = report.as_dict()
             if hasattr(report, "summary"):
@@ -279,12 +239,9 @@ class SFTDataModule(L.LightningDataModule):
     def _loader(self, split: str, sampler=None) -> DataLoader:
         hp = self.hparams
         batch_size = hp.batch_size if split == "train" else (hp.eval_batch_size or hp.batch_size)
-        make_collator = self.processor.make_collator
-        # Processors whose collator differs by split (image augmentation) take `train`.
-        split_kwargs = {"train": split == "train"} if "train" in inspect.signature(make_collator).parameters else {}
         return DataLoader(
             self.encoded(split), batch_size=batch_size, sampler=sampler, num_workers=self.num_workers,
-            collate_fn=make_collator(hp.pad_to_multiple_of, **split_kwargs),
+            collate_fn=self.processor.make_collator(hp.pad_to_multiple_of, train=split == "train"),
             pin_memory=torch.cuda.is_available(), persistent_workers=self.num_workers > 0,
             # A loader's own generator: making an iterator (every validation) never draws from the
             # global RNG, so dropout sees the same random stream in a resumed and an uninterrupted run.
@@ -301,14 +258,14 @@ class SFTDataModule(L.LightningDataModule):
         # The run's seed (seed_everything records it for every rank), as Lightning's own samplers use it.
         return int(os.environ.get("PL_GLOBAL_SEED", 0))
 
-    def _step_normalized_loader(self, supervised_count, batch_size: int, shuffle: bool) -> DataLoader:
+    def _step_normalized_loader(self, batch_size: int, shuffle: bool) -> DataLoader:
         """Batches that carry their optimizer step's supervised-token count (token-mean loss per step)."""
         from sft.data.packing import StepBatchSampler, StepNormalizedDataset
 
         hp = self.hparams
         dataset = self.encoded("train")
         trainer = self.trainer
-        sampler = StepBatchSampler([supervised_count(item) for item in dataset.examples], batch_size,
+        sampler = StepBatchSampler([self.processor.supervised_count(item) for item in dataset.examples], batch_size,
                                    trainer.accumulate_grad_batches if trainer is not None else 1, shuffle,
                                    seed=self._order_seed(), num_replicas=trainer.world_size if trainer else 1,
                                    rank=trainer.global_rank if trainer else 0)
@@ -318,7 +275,7 @@ class SFTDataModule(L.LightningDataModule):
         self._use_train_sampler(sampler)
         return DataLoader(
             StepNormalizedDataset(dataset), sampler=sampler, batch_size=None, num_workers=self.num_workers,
-            collate_fn=self.processor.make_collator(hp.pad_to_multiple_of),
+            collate_fn=self.processor.make_collator(hp.pad_to_multiple_of, train=True),
             pin_memory=torch.cuda.is_available(), persistent_workers=self.num_workers > 0,
         )
 
@@ -335,9 +292,8 @@ class SFTDataModule(L.LightningDataModule):
 
 
     def train_dataloader(self) -> DataLoader:
-        supervised_count = getattr(self.processor, "supervised_count", None)
-        if supervised_count is not None:  # causal_lm: each batch carries its optimizer step's token count
-            return self._step_normalized_loader(supervised_count, self.hparams.batch_size, shuffle=True)
+        if self.processor.step_normalized:  # causal_lm: each batch carries its optimizer step's token count
+            return self._step_normalized_loader(self.hparams.batch_size, shuffle=True)
         trainer = self.trainer
         dataset = self.encoded("train")
         # The shuffled order depends on (seed, epoch) only, and its position is saved in checkpoints.
@@ -353,8 +309,8 @@ class SFTDataModule(L.LightningDataModule):
     # -- checkpoint state: the processor's (e.g. a causal_lm run's exact chat template and special
     # tokens) and where in the epoch's data order training stands ---------------------------------
     def state_dict(self) -> dict:
-        processor_state = getattr(self.processor, "checkpoint_state", None)
-        state = {"processor": processor_state()} if processor_state is not None else {}
+        processor_state = self.processor.checkpoint_state()
+        state = {"processor": processor_state} if processor_state is not None else {}
         trainer = self.trainer
         if self._train_sampler is not None and trainer is not None:
             state["train_order"] = {"epoch": self._train_sampler.epoch,
@@ -363,16 +319,12 @@ class SFTDataModule(L.LightningDataModule):
 
     def load_state_dict(self, state_dict: dict) -> None:
         self._resume_order = state_dict.get("train_order")
-        restore = getattr(self.processor, "restore_checkpoint_state", None)
-        if restore is not None and state_dict.get("processor"):
-            restore(state_dict["processor"])
+        if state_dict.get("processor"):
+            self.processor.restore_checkpoint_state(state_dict["processor"])
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         """Processors that finish batches on the device (images: normalize, erase, mix) do it here."""
-        finish = getattr(self.processor, "on_device", None)
-        if finish is None:
-            return batch
-        return finish(batch, train=bool(self.trainer is not None and self.trainer.training))
+        return self.processor.on_device(batch, train=bool(self.trainer is not None and self.trainer.training))
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val")

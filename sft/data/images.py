@@ -19,11 +19,12 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import numpy as np
 import torch
 
+from sft.data.processor import Processor
 from sft.data.sources import DataError, Table, read_table
 from sft.data.text_classification import label_id, label_key, sorted_labels
 
@@ -243,14 +244,17 @@ class ImageReport:
         return text
 
 
-class ImageClassificationProcessor:
-    """One label per image. `backbone`/`architecture` name the model, whose pretrained input size and
-    normalization are used unless `image_size`, `mean`, `std` are given."""
+# What an image backbone expects when its model config says nothing (ImageNet statistics, 224 px).
+DEFAULT_INPUT = {"channels": 3, "size": 224, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
+                 "interpolation": "bilinear", "crop_pct": 0.875}
 
-    read_source = staticmethod(read_source)
+
+class ImageClassificationProcessor(Processor):
+    """One label per image. `input_spec` is what the backbone was pretrained on (from the model
+    side: sft.models.image_backbones.image_data_config); `image_size`, `mean`, ... override it."""
 
     def __init__(self, label_column: str = "label", label_names: Optional[list[str]] = None,
-                 image_column: str = "path", backbone: Optional[str] = None, architecture: Optional[str] = None,
+                 image_column: str = "path", input_spec: Optional[dict] = None,
                  image_size: Optional[int] = None, mean: Optional[list[float]] = None, std: Optional[list[float]] = None,
                  interpolation: Optional[str] = None, crop_pct: Optional[float] = None,
                  train_transforms: Optional[dict] = None, on_bad_image: str = "error",
@@ -265,15 +269,13 @@ class ImageClassificationProcessor:
         self.mixup_alpha, self.cutmix_alpha = float(mixup_alpha or 0.0), float(cutmix_alpha or 0.0)
         self.check_workers = check_workers
         self._device_augment: Optional[DeviceAugment] = None
-        from sft.models.image_backbones import image_data_config
-
-        expected = image_data_config(backbone, architecture) if (backbone or architecture) else \
-            {"channels": 3, "size": 224, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
-             "interpolation": "bilinear", "crop_pct": 0.875}
         overrides = {"size": image_size, "mean": mean, "std": std, "interpolation": interpolation, "crop_pct": crop_pct}
-        self.input = {**expected, **{k: v for k, v in overrides.items() if v is not None}}
+        self.input = {**DEFAULT_INPUT, **(input_spec or {}), **{k: v for k, v in overrides.items() if v is not None}}
         self.input["mean"], self.input["std"] = list(self.input["mean"]), list(self.input["std"])
         log.info("[data] images: %s", self.input)
+
+    def read_source(self, path: str, key: str) -> Table:
+        return read_source(path, key)
 
     def make_collator(self, pad_to_multiple_of=None, train: bool = False) -> ImageCollator:
         spec = self.input
@@ -331,6 +333,9 @@ class ImageClassificationProcessor:
         except Exception as e:  # PIL raises several types for unreadable, non-image or truncated files
             return f"not a readable image ({type(e).__name__}: {e})"
         return None
+
+    def record_fields(self, table: Table, index: int, example: dict) -> dict:
+        return {"image": example["image"] if isinstance(example["image"], str) else None}
 
     def encode(self, table: Table, with_labels: bool = True) -> tuple[list[dict], ImageReport]:
         assert self.label_names is not None, "fit() builds the label map before encode()"

@@ -64,14 +64,12 @@ class MultiLabelProcessor(TextClassificationProcessor):
                 example["labels"] = target
         return examples, report
 
-    def prediction_rows(self, table: Table, outputs: list[dict], label_names: list[str]):
+    def prediction_rows(self, table: Table, outputs: list[dict], label_names: list[str], examples: list[dict]):
         """One dict per record: source, texts, gold labels, predicted labels, per-label probabilities."""
         row = 0
         for batch in outputs:
             for probabilities, predicted in zip(batch["probabilities"].tolist(), batch["prediction"].tolist()):
-                line = {"source": table.where(row), "text": table.rows[row].get(self.text_column)}
-                if self.text_pair_column:
-                    line["text_pair"] = table.rows[row].get(self.text_pair_column)
+                line = {"source": table.where(row), **self.record_fields(table, row, examples[row])}
                 line["labels"] = self.labels_of(table, row)
                 line["prediction"] = [name for name, on in zip(label_names, predicted) if on]
                 line["probabilities"] = {name: round(p, 6) for name, p in zip(label_names, probabilities)}

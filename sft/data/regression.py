@@ -49,7 +49,7 @@ class RegressionProcessor(TextClassificationProcessor):
             self.label_names = list(self.target_columns)
         return self.label_names
 
-    def head_options(self, train: Table) -> dict:
+    def learned_head_options(self, train: Table) -> dict:
         """Per-target mean and standard deviation of the training split (when standardizing)."""
         if not self.standardize_targets:
             return {}
@@ -71,14 +71,12 @@ class RegressionProcessor(TextClassificationProcessor):
                 example["labels"] = self.targets_of(table, i)
         return examples, report
 
-    def prediction_rows(self, table: Table, outputs: list[dict], label_names: list[str]):
+    def prediction_rows(self, table: Table, outputs: list[dict], label_names: list[str], examples: list[dict]):
         """One dict per record: source, texts, gold targets and predictions, by target column."""
         row = 0
         for batch in outputs:
             for predicted in batch["prediction"].tolist():
-                line = {"source": table.where(row), "text": table.rows[row].get(self.text_column)}
-                if self.text_pair_column:
-                    line["text_pair"] = table.rows[row].get(self.text_pair_column)
+                line = {"source": table.where(row), **self.record_fields(table, row, examples[row])}
                 line["targets"] = dict(zip(label_names, self.targets_of(table, row)))
                 line["prediction"] = dict(zip(label_names, (round(p, 6) for p in predicted)))
                 yield line

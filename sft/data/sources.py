@@ -14,13 +14,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
+from sft.data.conll import read_conll
+from sft.errors import DataError
+
+__all__ = ["DataError", "Table", "read_table"]
+
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet",
            ".conll": "conll", ".iob": "conll", ".bio": "conll"}
 COMPRESSIONS = {".gz": gzip.open, ".bz2": bz2.open}
-
-
-class DataError(ValueError):
-    """Bad user data: the message names the file, the line or record, the field and what was expected."""
 
 
 @dataclass
@@ -146,8 +147,6 @@ def read_table(path: str | Path, key: str = "data file") -> Table:
     elif kind == "json":
         records = _read_json(path, opener)
     elif kind == "conll":
-        from sft.data.conll import read_conll
-
         records = read_conll(path, opener)
     else:
         records = _read_parquet(path)

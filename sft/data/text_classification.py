@@ -6,6 +6,7 @@ import logging
 from dataclasses import dataclass
 
 from sft.data.collators import PaddingCollator
+from sft.data.processor import Processor
 from sft.data.sources import DataError, Table
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ class EncodeReport:
         return {"records": self.records, "truncated": self.truncated, "mean_tokens": round(self.tokens / max(self.records, 1), 1)}
 
 
-class TextClassificationProcessor:
+class TextClassificationProcessor(Processor):
     def __init__(self, tokenizer, text_column: str, label_column: str, text_pair_column: str | None = None,
                  max_length: int = 128, label_names: list[str] | None = None):
         self.tokenizer = tokenizer
@@ -61,8 +62,14 @@ class TextClassificationProcessor:
         self.max_length = max_length
         self.label_names = list(label_names) if label_names is not None else None
 
-    def make_collator(self, pad_to_multiple_of: int | None):
+    def make_collator(self, pad_to_multiple_of: int | None, train: bool = False):
         return PaddingCollator(self.tokenizer.pad_token_id, pad_to_multiple_of)
+
+    def record_fields(self, table: Table, index: int, example: dict) -> dict:
+        fields = {"text": table.rows[index].get(self.text_column)}
+        if self.text_pair_column:
+            fields["text_pair"] = table.rows[index].get(self.text_pair_column)
+        return fields
 
     def _columns(self, with_labels: bool) -> dict[str, str]:
         columns = {"data.text_column": self.text_column, "data.text_pair_column": self.text_pair_column}

@@ -10,13 +10,15 @@ context on both sides, so every word gets exactly one tag and none is lost to tr
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 
 from sft.data.collators import PaddingCollator
-from sft.data.sources import DataError, Table
-from sft.tagging import SCHEME_NAMES, SCHEMES, check_tag, detect_scheme, entities, split_tag, tag_names
-from sft.tasks import ConfigError
+from sft.data.processor import Processor
+from sft.data.sources import Table
+from sft.errors import ConfigError, DataError
+from sft.tagging import SCHEME_NAMES, check_tag, detect_scheme, entities, split_tag, tag_names
 
 IGNORE = -100
 
@@ -89,7 +91,7 @@ class TokenCollator(PaddingCollator):
         return batch
 
 
-class TokenClassificationProcessor:
+class TokenClassificationProcessor(Processor):
     def __init__(self, tokenizer, text_column: str = "tokens", label_column: str = "tags",
                  text_pair_column: str | None = None, max_length: int = 128, label_names: list[str] | None = None,
                  tag_column: int = -1, tag_scheme: str = "auto", label_all_subwords: bool = False, stride: int = 32):
@@ -115,7 +117,7 @@ class TokenClassificationProcessor:
         if self.label_names is not None and tag_scheme == "auto":
             self.tag_scheme = detect_scheme(split_tag(t)[0] for t in self.label_names)
 
-    def make_collator(self, pad_to_multiple_of: int | None):
+    def make_collator(self, pad_to_multiple_of: int | None, train: bool = False):
         return TokenCollator(self.tokenizer.pad_token_id, pad_to_multiple_of)
 
     # -- reading -------------------------------------------------------------------------------
@@ -273,7 +275,8 @@ class TokenClassificationProcessor:
         return {"max_length": self.max_length, "tag_scheme": self.tag_scheme,
                 "label_all_subwords": self.label_all_subwords, "stride": self.stride}
 
-    def prediction_rows(self, table: Table, outputs: list[dict], label_names: list[str], with_tags: bool = True):
+    def prediction_rows(self, table: Table, outputs: list[dict], label_names: list[str],
+                        examples: Optional[list[dict]] = None, with_tags: bool = True):
         """One dict per sentence: source, words, gold tags, predicted tags and predicted entity spans."""
         for s, predicted in enumerate(self.sentence_predictions(outputs, len(table))):
             words, tags, _ = self.words_and_tags(table, s, with_tags)

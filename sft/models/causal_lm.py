@@ -25,6 +25,8 @@ from torch.utils.checkpoint import checkpoint
 from torchmetrics import MeanMetric, MetricCollection
 
 from sft import assets
+from sft.errors import ConfigError
+from sft.models.heads import Head
 
 IGNORE = -100
 
@@ -47,16 +49,17 @@ def decoder_inputs(batch: dict) -> dict:
     return {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
 
 
-class CausalLMHead(nn.Module):
+class CausalLMHead(Head):
     """Masked next-token loss over supervised tokens; metrics: token accuracy (`acc`: share of
     supervised next tokens ranked first) and perplexity."""
 
     peft_task_type = "CAUSAL_LM"
+    drives_backbone = True  # it asks the decoder for hidden states and projects only supervised positions
 
     def __init__(self, hidden_size: int, label_names: Sequence[str] = (), loss_chunk_size: Optional[int] = None):
         super().__init__()  # no parameters of its own: the LM head belongs to the backbone
         if loss_chunk_size is not None and int(loss_chunk_size) < 1:
-            raise ValueError(f"model.loss_chunk_size={loss_chunk_size} must be a positive number of tokens (or null)")
+            raise ConfigError(f"model.loss_chunk_size={loss_chunk_size} must be a positive number of tokens (or null)")
         self.loss_chunk_size = int(loss_chunk_size) if loss_chunk_size else None
 
     def features(self, backbone: nn.Module, batch: dict) -> dict:
@@ -114,8 +117,14 @@ class CausalLMHead(nn.Module):
             denominator = denominator / torch.distributed.get_world_size()
         return total / denominator
 
+    def loss_weight(self, outputs: dict, batch: dict) -> int:
+        return int(outputs["targets"].numel())  # validation/test losses are means over supervised tokens
+
     def make_metrics(self, prefix: str, final: bool = False) -> MetricCollection:
         return MetricCollection({"acc": MeanMetric(), "token_loss": MeanMetric()}, prefix=prefix)
+
+    def metric_names(self, prefix: str, final: bool = False) -> set[str]:
+        return {f"{prefix}acc", f"{prefix}token_loss", f"{prefix}perplexity"}
 
     def update_metrics(self, metrics: MetricCollection, outputs: dict, batch: dict) -> None:
         if outputs["targets"].numel() == 0:

@@ -1,33 +1,62 @@
-"""Task heads: each turns backbone features into outputs, and owns its loss and metrics.
+"""The head interface, and the parts heads share (pooling, per-label options, metric names).
 
-A head implements:
-    forward(features, batch) -> outputs (logits or predictions in a task-specific shape)
-    loss(outputs, batch) -> scalar tensor
-    make_metrics(prefix, final) -> MetricCollection (final=True adds the per-class report of a test)
-    update_metrics(metrics, outputs, batch)
-    flatten_metrics(values) -> {name: scalar}   (vector metrics become one name per class)
-    predict(outputs) -> dict of tensors for prediction files
-
-`build_head(task, hidden_size, label_names, **options)` picks the head for a task; a new task
-adds its class here and one line in HEADS.
+A head turns backbone features into outputs and owns its loss and metrics, so the Lightning
+module's steps are the same for every task. Each task's head lives in its own module and
+subclasses `Head`.
 """
 
 from __future__ import annotations
 
-import logging
 import re
 from typing import Any, Optional, Sequence
 
 import torch
 import torch.nn as nn
 from torchmetrics import MetricCollection
-from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
-from sft.tasks import ConfigError
+from sft.errors import ConfigError
 
 POOLINGS = ("cls", "mean")
 
-log = logging.getLogger(__name__)
+
+class Head(nn.Module):
+    """What the Lightning module calls on a head."""
+
+    drives_backbone = False  # True: the head calls the backbone itself, in features(backbone, batch)
+    predict_keeps: tuple[str, ...] = ()  # batch entries that predict_step passes on to prediction rows
+    peft_task_type: Optional[str] = None  # peft's task type when LoRA adapters are added
+
+    def features(self, backbone: nn.Module, batch: dict) -> Any:
+        raise NotImplementedError
+
+    def loss(self, outputs: Any, batch: dict) -> torch.Tensor:
+        raise NotImplementedError
+
+    def loss_weight(self, outputs: Any, batch: dict) -> int:
+        """How many items the batch's loss is a mean over (records; tokens for a causal LM), so
+        an epoch's val/loss and test/loss are means over items, not over batches."""
+        return len(batch["labels"])
+
+    def make_metrics(self, prefix: str, final: bool = False) -> MetricCollection:
+        """The metrics of one stage (final=True: the test's per-label report too)."""
+        raise NotImplementedError
+
+    def metric_names(self, prefix: str, final: bool = False) -> set[str]:
+        """The names flatten_metrics gives, declared without computing anything."""
+        raise NotImplementedError
+
+    def update_metrics(self, metrics: MetricCollection, outputs: Any, batch: dict) -> None:
+        raise NotImplementedError
+
+    def flatten_metrics(self, values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Scalars to log from the computed metrics (a vector metric becomes one name per label)."""
+        return values
+
+    def log_artifacts(self, values: dict[str, torch.Tensor], module) -> None:
+        """Log what is not a scalar (e.g. a confusion matrix image)."""
+
+    def predict(self, outputs: Any) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
 
 
 def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
@@ -41,6 +70,10 @@ def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> to
 
 def metric_suffix(label: str) -> str:
     return re.sub(r"[^0-9A-Za-z_.-]+", "_", str(label))
+
+
+def per_label_names(prefix: str, base: str, label_names: Sequence[str]) -> set[str]:
+    return {f"{prefix}{base}{metric_suffix(label)}" for label in label_names}
 
 
 def flatten_per_label(values: dict[str, torch.Tensor], vector_suffix: str, label_names: Sequence[str],
@@ -59,97 +92,18 @@ def flatten_per_label(values: dict[str, torch.Tensor], vector_suffix: str, label
     return flat
 
 
-def class_weight_tensor(class_weights, label_names: Sequence[str]) -> Optional[torch.Tensor]:
-    """`model.class_weights` as a list aligned with the label map, or a {label: weight} mapping."""
-    if class_weights is None:
+def per_label_tensor(values: Any, label_names: Sequence[str], key: str, default: float = 1.0) -> Optional[torch.Tensor]:
+    """A per-label option (class weights, pos_weight) given as a list in label order or a
+    {label: value} mapping; None when not set."""
+    if values is None:
         return None
-    if hasattr(class_weights, "items"):
-        unknown = set(map(str, class_weights)) - set(label_names)
+    if hasattr(values, "items"):
+        unknown = set(map(str, values)) - set(label_names)
         if unknown:
-            raise ConfigError(f"model.class_weights names labels {sorted(unknown)} that the data does not have; "
-                              f"labels: {list(label_names)}")
-        weights = [float(dict(class_weights).get(name, 1.0)) for name in label_names]
-    else:
-        weights = [float(w) for w in class_weights]
-        if len(weights) != len(label_names):
-            raise ConfigError(f"model.class_weights has {len(weights)} entries; the data has {len(label_names)} labels "
-                              f"{list(label_names)}")
-    return torch.tensor(weights)
-
-
-class SequenceClassificationHead(nn.Module):
-    """Pool the sequence, dropout, one linear layer to the label logits; cross-entropy loss."""
-
-    def __init__(self, hidden_size: int, label_names: Sequence[str], pooling: str = "cls", dropout: float = 0.1,
-                 label_smoothing: float = 0.0, class_weights: Any = None):
-        super().__init__()
-        if pooling not in POOLINGS:
-            raise ConfigError(f"model.pooling={pooling!r} is not one of {POOLINGS}")
-        self.label_names = [str(n) for n in label_names]
-        self.pooling = pooling
-        self.dropout = nn.Dropout(dropout)
-        self.classifier = nn.Linear(hidden_size, len(self.label_names))
-        self.loss_fn = nn.CrossEntropyLoss(weight=class_weight_tensor(class_weights, self.label_names),
-                                           label_smoothing=label_smoothing)
-
-    def forward(self, features: torch.Tensor, batch: dict) -> torch.Tensor:
-        return self.classifier(self.dropout(pool(features, batch["attention_mask"], self.pooling)))
-
-    def loss(self, logits: torch.Tensor, batch: dict) -> torch.Tensor:
-        return self.loss_fn(logits.float(), batch["labels"])
-
-    def make_metrics(self, prefix: str, final: bool = False) -> MetricCollection:
-        n = len(self.label_names)
-        metrics = {"acc": MulticlassAccuracy(n, average="micro"), "f1": MulticlassF1Score(n, average="macro")}
-        if final:
-            metrics["f1_per_class"] = MulticlassF1Score(n, average=None)
-        return MetricCollection(metrics, prefix=prefix)
-
-    def update_metrics(self, metrics: MetricCollection, logits: torch.Tensor, batch: dict) -> None:
-        metrics.update(logits.detach(), batch["labels"])
-
-    def flatten_metrics(self, values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return flatten_per_label(values, "f1_per_class", self.label_names)
-
-    def predict(self, logits: torch.Tensor) -> dict[str, torch.Tensor]:
-        probabilities = logits.float().softmax(-1)
-        return {"probabilities": probabilities, "prediction": probabilities.argmax(-1)}
-
-
-# Heads of the other text tasks live in their own files; imported here, after pool() and
-# metric_suffix() exist, because they use them.
-from sft.models.multilabel_head import MultiLabelHead  # noqa: E402
-from sft.models.regression_head import RegressionHead  # noqa: E402
-from sft.models.token_head import TokenClassificationHead  # noqa: E402
-from sft.models.causal_lm import CausalLMHead  # noqa: E402
-
-HEADS = {
-    "text_classification": SequenceClassificationHead,
-    "multilabel_classification": MultiLabelHead,
-    "text_regression": RegressionHead,
-    "token_classification": TokenClassificationHead,
-    "causal_lm": CausalLMHead,
-}
-
-
-def build_head(task: str, hidden_size: int, label_names: Sequence[str], **options) -> nn.Module:
-    import inspect
-
-    cls = HEADS[task]
-    accepted = set(inspect.signature(cls).parameters)
-    # One model config serves every task: options of other tasks' heads are left out here.
-    elsewhere = {name for head in HEADS.values() for name in inspect.signature(head).parameters}
-    ignored = sorted((set(options) - accepted) & elsewhere)
-    if ignored:
-        log.info("model.%s: not options of the %s head; ignored", ", model.".join(ignored), task)
-        options = {k: v for k, v in options.items() if k not in ignored}
-    unknown = sorted(set(options) - accepted)
-    if unknown:
-        raise ConfigError(f"model.{unknown[0]} is not an option of the {task} head; its options: "
-                          f"{sorted(accepted - {'hidden_size', 'label_names'})}")
-    return cls(hidden_size, label_names, **options)
-
-
-from sft.models.image_head import ImageClassificationHead  # noqa: E402 - it builds on the helpers above
-
-HEADS["image_classification"] = ImageClassificationHead
+            raise ConfigError(f"{key} names labels {sorted(unknown)} that the data does not have; labels: {list(label_names)}")
+        given = {str(k): float(v) for k, v in dict(values).items()}
+        return torch.tensor([given.get(name, default) for name in label_names])
+    values = [float(v) for v in values]
+    if len(values) != len(label_names):
+        raise ConfigError(f"{key} has {len(values)} entries; the data has {len(label_names)} labels {list(label_names)}")
+    return torch.tensor(values)

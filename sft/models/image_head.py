@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix, MulticlassF1Score
 
-from sft.models.heads import class_weight_tensor, flatten_per_label
+from sft.models.heads import Head, flatten_per_label, per_label_names, per_label_tensor
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ def soft_target_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, smoot
     return -(targets * log_probs).sum(-1).mean()
 
 
-class ImageClassificationHead(nn.Module):
+class ImageClassificationHead(Head):
     def __init__(self, hidden_size: int, label_names: Sequence[str], dropout: float = 0.0,
                  label_smoothing: float = 0.0, class_weights: Any = None, top_k: int = 5):
         super().__init__()
@@ -42,7 +42,7 @@ class ImageClassificationHead(nn.Module):
         self.classifier = nn.Linear(hidden_size, len(self.label_names))
         self.label_smoothing = label_smoothing
         self.top_k = top_k
-        weights = class_weight_tensor(class_weights, self.label_names)
+        weights = per_label_tensor(class_weights, self.label_names, "model.class_weights")
         self.register_buffer("class_weights", weights if weights is not None else torch.ones(0), persistent=False)
 
     def forward(self, features: torch.Tensor, batch: dict) -> torch.Tensor:
@@ -64,6 +64,12 @@ class ImageClassificationHead(nn.Module):
         if final:
             metrics["f1_per_class"] = MulticlassF1Score(n, average=None)
         return MetricCollection(metrics, prefix=prefix)
+
+    def metric_names(self, prefix: str, final: bool = False) -> set[str]:
+        names = {f"{prefix}acc", f"{prefix}f1"}
+        if len(self.label_names) > self.top_k:
+            names.add(f"{prefix}acc_top{self.top_k}")
+        return names | (per_label_names(prefix, "f1_", self.label_names) if final else set())
 
     def update_metrics(self, metrics: MetricCollection, logits: torch.Tensor, batch: dict) -> None:
         metrics.update(logits.detach(), batch["labels"])  # on mixed batches: the label of the unmixed image

@@ -7,10 +7,10 @@ from typing import Callable, Optional, Sequence
 import lightning as L
 import torch
 
+from sft.errors import ConfigError
 from sft.models.backbones import BACKBONES
-from sft.models.heads import build_head
 from sft.optim import parameter_groups
-from sft.tasks import ConfigError, check_task_model, plain
+from sft.tasks import check_task_model, get_task, plain
 
 
 class SFTModule(L.LightningModule):
@@ -41,6 +41,7 @@ class SFTModule(L.LightningModule):
     ):
         super().__init__()
         check_task_model(task, modality)  # before any weights load
+        self.task = get_task(task)
         if lora:  # plain data (not a DictConfig), so checkpoints load with torch.load(weights_only=True)
             lora = {str(k): (v if isinstance(v, (str, int, float, bool)) or v is None else list(v)) for k, v in lora.items()}
         label_names = [str(n) for n in label_names]
@@ -71,17 +72,18 @@ class SFTModule(L.LightningModule):
         self.backbone.train()
         if freeze_backbone:
             self.backbone.requires_grad_(False)
-        self.head = build_head(task, hidden_size, label_names, **head_options)
+        self.head_options = head_options  # the head's settings and what was learned for it from the data
+        self.head = self.task.build_head(hidden_size, label_names, head_options)
         self.flops_per_batch = None  # set per batch by SFTThroughputMonitor, for FLOP/s and MFU in the logs
         self.step_grad_norm = None  # this step's global gradient norm, when the NaN/inf guard computed it
         if lora:  # peft LoRA adapters: the backbone's own weights freeze, only adapters (and the head) train
             from sft.models.causal_lm import apply_lora
 
-            self.backbone = apply_lora(self.backbone, lora, getattr(self.head, "peft_task_type", None))
+            self.backbone = apply_lora(self.backbone, lora, self.head.peft_task_type)
             self.strict_loading = False  # adapter-only checkpoints (see on_save_checkpoint)
         if compile:
             compile_backbone(self.backbone, compile if isinstance(compile, dict) else {},
-                             decoder=hasattr(self.head, "features"))
+                             decoder=self.head.drives_backbone)
         self.train_metrics = self.head.make_metrics("train/")
         # Saved in checkpoints, so an epoch resumed mid-way reports the same train metrics.
         self.train_metrics.persistent(True)
@@ -90,30 +92,29 @@ class SFTModule(L.LightningModule):
 
     # -- forward ---------------------------------------------------------------------------
     def forward(self, batch: dict) -> torch.Tensor:
-        features = getattr(self.head, "features", None)  # heads that drive the backbone themselves (causal LM)
-        if features is not None:
-            return self.head(features(self.backbone, batch), batch)
+        if self.head.drives_backbone:  # e.g. the causal LM head, which projects only supervised positions
+            return self.head(self.head.features(self.backbone, batch), batch)
         if "pixel_values" in batch:  # images: the backbone returns pooled features
             return self.head(self.backbone(batch["pixel_values"]), batch)
         inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
         return self.head(self.backbone(**inputs).last_hidden_state, batch)
 
-    def _step(self, batch: dict, metrics) -> torch.Tensor:
+    def _step(self, batch: dict, metrics) -> tuple[torch.Tensor, int]:
+        """The batch's loss, and how many items (records, or supervised tokens) it is a mean over."""
         outputs = self(batch)
         loss = self.head.loss(outputs, batch)
         self.head.update_metrics(metrics, outputs, batch)
-        return loss
+        return loss, self.head.loss_weight(outputs, batch)
 
     def _log_metrics(self, metrics, **kwargs) -> None:
         values = metrics.compute()
-        if hasattr(self.head, "log_artifacts"):  # non-scalar results, e.g. a confusion matrix image
-            self.head.log_artifacts(values, self)
+        self.head.log_artifacts(values, self)  # non-scalar results, e.g. a confusion matrix image
         self.log_dict(self.head.flatten_metrics(values), **kwargs)
         metrics.reset()
 
     # -- steps -----------------------------------------------------------------------------
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        loss = self._step(batch, self.train_metrics)
+        loss, _ = self._step(batch, self.train_metrics)
         self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False)
         return loss
@@ -122,22 +123,24 @@ class SFTModule(L.LightningModule):
         self._log_metrics(self.train_metrics)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        loss = self._step(batch, self.val_metrics)
-        self.log("val/loss", loss, on_epoch=True, batch_size=len(batch["labels"]), sync_dist=True)
+        # Weighted by the items the loss averages, the epoch's val/loss is a mean over items (tokens
+        # for a causal LM), not a mean of batch means.
+        loss, weight = self._step(batch, self.val_metrics)
+        self.log("val/loss", loss, on_epoch=True, batch_size=max(weight, 1), sync_dist=True)
 
     def on_validation_epoch_end(self) -> None:
         self._log_metrics(self.val_metrics, prog_bar=True)
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
-        loss = self._step(batch, self.test_metrics)
-        self.log("test/loss", loss, on_epoch=True, batch_size=len(batch["labels"]), sync_dist=True)
+        loss, weight = self._step(batch, self.test_metrics)
+        self.log("test/loss", loss, on_epoch=True, batch_size=max(weight, 1), sync_dist=True)
 
     def on_test_epoch_end(self) -> None:
         self._log_metrics(self.test_metrics)
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
         out = self.head.predict(self(batch))
-        out.update({key: batch[key] for key in getattr(self.head, "predict_keeps", ())})
+        out.update({key: batch[key] for key in self.head.predict_keeps})
         if "labels" in batch:
             out["labels"] = batch["labels"]
         return out

@@ -9,12 +9,11 @@ import torch.nn as nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MultilabelExactMatch, MultilabelF1Score
 
-from sft.models.heads import POOLINGS, flatten_per_label, pool
-from sft.models.task_options import per_label_tensor
-from sft.tasks import ConfigError
+from sft.errors import ConfigError
+from sft.models.heads import POOLINGS, Head, flatten_per_label, per_label_names, per_label_tensor, pool
 
 
-class MultiLabelHead(nn.Module):
+class MultiLabelHead(Head):
     """Pool, dropout, linear to one logit per label; BCE-with-logits (optional `pos_weight`);
     a label is predicted when its probability is above `threshold`."""
 
@@ -46,6 +45,10 @@ class MultiLabelHead(nn.Module):
         if final:
             metrics["f1_per_label"] = MultilabelF1Score(n, threshold=t, average=None)
         return MetricCollection(metrics, prefix=prefix)
+
+    def metric_names(self, prefix: str, final: bool = False) -> set[str]:
+        names = {f"{prefix}micro_f1", f"{prefix}macro_f1", f"{prefix}exact_match"}
+        return names | (per_label_names(prefix, "f1_", self.label_names) if final else set())
 
     def update_metrics(self, metrics: MetricCollection, logits: torch.Tensor, batch: dict) -> None:
         metrics.update(logits.detach().float().sigmoid(), batch["labels"].long())

@@ -10,13 +10,14 @@ import torch.nn as nn
 from torchmetrics import MetricCollection
 from torchmetrics.regression import MeanAbsoluteError, MeanSquaredError, PearsonCorrCoef, SpearmanCorrCoef
 
-from sft.models.heads import POOLINGS, metric_suffix, pool
-from sft.tasks import ConfigError
+from sft.errors import ConfigError
+from sft.models.heads import POOLINGS, Head, metric_suffix, per_label_names, pool
 
 LOSSES = ("mse", "huber")
+METRICS = ("mse", "rmse", "mae", "pearson", "spearman")
 
 
-class RegressionHead(nn.Module):
+class RegressionHead(Head):
     """Pool, dropout, linear to one value per target. With `target_mean`/`target_std` the layer
     predicts standardized targets; `predict` and the metrics work in the original units."""
 
@@ -53,9 +54,19 @@ class RegressionHead(nn.Module):
 
     def make_metrics(self, prefix: str, final: bool = False) -> MetricCollection:
         n = len(self.label_names)
-        return MetricCollection({"mse": MeanSquaredError(num_outputs=n), "rmse": MeanSquaredError(squared=False, num_outputs=n),
-                                 "mae": MeanAbsoluteError(num_outputs=n), "pearson": PearsonCorrCoef(num_outputs=n),
-                                 "spearman": SpearmanCorrCoef(num_outputs=n)}, prefix=prefix)
+        metrics = {"mse": MeanSquaredError(num_outputs=n), "rmse": MeanSquaredError(squared=False, num_outputs=n),
+                   "mae": MeanAbsoluteError(num_outputs=n), "pearson": PearsonCorrCoef(num_outputs=n),
+                   "spearman": SpearmanCorrCoef(num_outputs=n)}
+        assert tuple(metrics) == METRICS
+        return MetricCollection(metrics, prefix=prefix)
+
+    def metric_names(self, prefix: str, final: bool = False) -> set[str]:
+        names = set()
+        for name in METRICS:
+            names.add(f"{prefix}{name}")
+            if len(self.label_names) > 1:
+                names |= per_label_names(prefix, f"{name}_", self.label_names)
+        return names
 
     def update_metrics(self, metrics: MetricCollection, outputs: torch.Tensor, batch: dict) -> None:
         predicted, target = self.values(outputs.detach()), batch["labels"].float()

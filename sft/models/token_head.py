@@ -9,8 +9,7 @@ import torch
 import torch.nn as nn
 from torchmetrics import Metric, MetricCollection
 
-from sft.models.heads import metric_suffix
-from sft.models.task_options import per_label_tensor
+from sft.models.heads import Head, metric_suffix, per_label_names, per_label_tensor
 from sft.tagging import entity_scores, split_tag
 
 IGNORE = -100
@@ -55,7 +54,7 @@ class EntityMetric(Metric):
         return {name: torch.tensor(value) for name, value in scores.items()}
 
 
-class TokenClassificationHead(nn.Module):
+class TokenClassificationHead(Head):
     """Dropout and a linear layer to tag logits on every subword; cross-entropy on labelled ones."""
 
     predict_keeps = ("word_index", "sentence_index")  # batch entries a prediction file needs
@@ -77,6 +76,14 @@ class TokenClassificationHead(nn.Module):
 
     def make_metrics(self, prefix: str, final: bool = False) -> MetricCollection:
         return MetricCollection({"entity": EntityMetric(self.label_names)}, prefix=prefix)
+
+    def metric_names(self, prefix: str, final: bool = False) -> set[str]:
+        names = {f"{prefix}{name}" for name in ("entity_precision", "entity_recall", "entity_f1", "token_acc")}
+        types = sorted({split_tag(t)[1] for t in self.label_names} - {None})
+        return names | per_label_names(prefix, "entity_f1_", types)
+
+    def loss_weight(self, logits: torch.Tensor, batch: dict) -> int:
+        return int((batch["labels"] != IGNORE).sum())  # the loss is a mean over labelled subwords
 
     def update_metrics(self, metrics: MetricCollection, logits: torch.Tensor, batch: dict) -> None:
         owned = batch["word_index"] >= 0
