@@ -594,6 +594,7 @@ def image_cls(size: dict, workdir: Path) -> tuple[Result, Result, str]:
 
     from sft.data import SFTDataModule
     from sft.models import SFTModule
+    from sft.models.image_backbones import image_data_config
 
     architecture, side = IMAGE_SHAPES[size["shape"]]
     n = (size["warmup"] + size["steps"] + 1) * size["batch_size"]
@@ -603,7 +604,7 @@ def image_cls(size: dict, workdir: Path) -> tuple[Result, Result, str]:
     def datamodule():
         return SFTDataModule(task="image_classification", train_file=str(train_file), val_file=str(eval_file),
                              test_file=str(eval_file), batch_size=size["batch_size"], num_workers=size["workers"],
-                             architecture=architecture, image_size=side, crop_pct=1.0,
+                             input_spec=image_data_config(None, architecture), image_size=side, crop_pct=1.0,
                              train_transforms={"crop_scale": None, "hflip": 0.0})
 
     def fresh_module(label_names):

@@ -47,7 +47,10 @@ def write_photos(folder: Path, count: int, classes: int = 10) -> Path:
 def loader_images_per_s(train_dir: Path, size: dict) -> tuple[float, int]:
     from sft.data.datamodule import SFTDataModule
 
-    dm = SFTDataModule(task="image_classification", train_file=str(train_dir), architecture=size["architecture"],
+    from sft.models.image_backbones import image_data_config
+
+    dm = SFTDataModule(task="image_classification", train_file=str(train_dir),
+                       input_spec=image_data_config(None, size["architecture"]),
                        image_size=size["image_size"], batch_size=size["batch_size"], num_workers="auto",
                        val_fraction=0.02, test_fraction=0.02)
     dm.setup("fit")

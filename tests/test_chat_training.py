@@ -224,3 +224,26 @@ def test_gradient_checkpointing_gives_the_same_gradient(tiny_llama_dir, tmp_path
         grads.append({k: p.grad for k, p in m.backbone.named_parameters()})
     for name in grads[0]:
         torch.testing.assert_close(grads[1][name], grads[0][name], msg=name)
+
+
+def test_validation_loss_is_the_mean_over_supervised_tokens(tiny_llama_dir, tmp_path):  # noqa: F811
+    """val/loss (the default causal_lm monitor) is the token mean over the split, not a mean of batch
+    means: batches with different supervised-token counts weigh by their tokens."""
+    dm = datamodule(tiny_llama_dir, varied_jsonl(tmp_path / "d.jsonl", rows=40), val_fraction=0.25, eval_batch_size=3)
+    m = module(tiny_llama_dir)
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False)
+    logged = trainer.validate(m, datamodule=dm, verbose=False)[0]["val/loss"]
+    total = tokens = 0
+    batch_means = []
+    m.eval()
+    with torch.no_grad():
+        for batch in dm.val_dataloader():
+            outputs = m(batch)
+            n = outputs["targets"].numel()
+            loss = torch.nn.functional.cross_entropy(outputs["logits"].float(), outputs["targets"], reduction="sum")
+            total, tokens = total + float(loss), tokens + n
+            batch_means.append(float(loss) / n)
+    assert len(batch_means) > 1
+    assert logged == pytest.approx(total / tokens, rel=1e-5)
+    assert abs(total / tokens - sum(batch_means) / len(batch_means)) > 1e-4  # the two means differ on this data

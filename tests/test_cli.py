@@ -51,6 +51,9 @@ def test_single_runs_never_share_a_directory(tiny_model_dir, sentiment_csv, tmp_
 
 def test_help_and_cfg_job(tmp_path):
     help_text = run(["--help"], cwd=tmp_path).stdout
-    assert "data: " in help_text or "data:" in help_text
+    groups = dict(line.split(":", 1) for line in help_text.split("== Configuration groups ==")[1].splitlines()
+                  if ":" in line and not line.startswith("=="))
+    assert {"text_classification", "multilabel_classification", "causal_lm", "chat"} <= {
+        option.strip() for option in groups["data"].split(",")}
     job = run(["--cfg", "job"], cwd=tmp_path).stdout
     assert "pretrained: minilm-l6" in job and "dataset: rotten_tomatoes" in job

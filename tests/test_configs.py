@@ -20,6 +20,12 @@ RUNTIME_ARGUMENTS = {"sft.models.SFTModule": {"task", "label_names", "optimizer"
                      "lightning.pytorch.Trainer": {"callbacks", "logger"}}
 # Options that only make sense with a required key set, or with another group's option.
 REQUIRED = {"data": ["data.train_file=x.csv"], "experiment": ["data.train_file=x.csv"]}
+# Groups chosen inside another config (a task template picks its head options into `model`).
+OVERRIDE_KEY = {"head": "head@model"}
+# The model config that serves each task's data templates.
+MODEL_OF_TASK = {"text_classification": "text_classifier", "multilabel_classification": "text_classifier",
+                 "text_regression": "text_classifier", "token_classification": "text_classifier",
+                 "image_classification": "image_classifier", "causal_lm": "causal_lm"}
 
 
 def options():
@@ -56,7 +62,7 @@ def check_target(where: str, node: DictConfig) -> None:
 
 @pytest.mark.parametrize("group,option", list(options()))
 def test_option_composes_and_targets_accept_arguments(group, option, tmp_path):
-    overrides = REQUIRED.get(group, []) + [f"{group}={option}"]
+    overrides = REQUIRED.get(group, []) + [f"{OVERRIDE_KEY.get(group, group)}={option}"]
     cfg = OmegaConf.create(resolved(compose_config("train", overrides, tmp_path)))
     for where, node in targets(cfg):
         check_target(where, node)
@@ -92,6 +98,22 @@ def test_experiment_monitor_is_a_metric_the_run_logs(experiment, tmp_path):
     """The monitor of every shipped recipe passes the pre-flight check (metrics logged by
     callbacks, like generation's exact match, count)."""
     from sft import runs
+    from sft.config import check_config
+    from sft.tasks import get_task
 
     cfg = compose_config("train", REQUIRED["experiment"] + [f"experiment={experiment}"], tmp_path)
-    runs.validate_monitor(cfg, ["B-X", "I-X", "O"])
+    check_config(cfg)
+    runs.validate_monitor(cfg, get_task(cfg.data.task), ["B-X", "I-X", "O"])
+
+
+@pytest.mark.parametrize("option", sorted(p.stem for p in (CONF / "data").glob("*.yaml")))
+def test_every_data_option_passes_the_config_checks_with_its_model(option, tmp_path):
+    """Each data template or data set, with the model group of its task, is a config the typed
+    checks accept: its keys are the task's, with values in range."""
+    from sft.config import check_config
+
+    task = compose_config("train", [f"data={option}", "data.train_file=x.csv"], tmp_path).data.task
+    cfg = compose_config("train", [f"data={option}", "data.train_file=x.csv", f"model={MODEL_OF_TASK[task]}"], tmp_path)
+    if cfg.data.get("dataset"):
+        cfg.data.train_file = None
+    check_config(cfg)

@@ -290,7 +290,7 @@ def test_json_int_labels_match_csv_string_labels_of_val(tiny_model_dir, tmp_path
 
 
 def test_label_map_comes_from_train_only(tiny_model_dir, tmp_path):
-    train = write_csv(tmp_path / "train.csv", [{"text": words(3, i), "label": l} for i, l in enumerate("cab")])
+    train = write_csv(tmp_path / "train.csv", [{"text": words(3, i), "label": label} for i, label in enumerate("cab")])
     val = write_csv(tmp_path / "val.csv", [{"text": "the film", "label": "b"}])
     test = write_csv(tmp_path / "test.csv", [{"text": "the plot", "label": "z"}])  # only read for "test"
     dm = datamodule(tiny_model_dir, train, val=val, test=test)
@@ -391,7 +391,7 @@ def test_sentence_pairs(tiny_model_dir, tmp_path):
                     text_pair_column="hypothesis", max_length=12)
     dm.setup("fit")
     sep = dm.tokenizer.sep_token_id
-    for i, example in enumerate(dm.encoded("train")):
+    for example in dm.encoded("train"):
         ids, types = example["input_ids"], example["token_type_ids"]
         assert len(ids) == len(types) <= 12
         assert ids.count(sep) == 2  # both texts are there

@@ -13,7 +13,8 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from PIL import Image
 
-from sft.cli import evaluate, train
+from sft.cli import config_dir, evaluate, train
+from sft.models.image_backbones import image_data_config
 from sft.data.datamodule import SFTDataModule
 from sft.data.sources import DataError
 from tests.conftest import compose_config
@@ -211,7 +212,7 @@ def test_csv_layout_learns_with_random_init_timm_and_ema(tmp_path):
     also supplies the validated, checkpointed and tested weights)."""
     listing = write_listing(tmp_path / "data", per_class=16, kind="csv")
     cfg = compose_config("train", image_overrides(listing, "null", ["data=image_csv", "model.architecture=test_efficientnet",
-                                                                    "callbacks=ema", "callbacks.ema.decay=0.7",
+                                                                    "callbacks=[default,ema]", "callbacks.ema.decay=0.7",
                                                                     "callbacks.early_stopping=null"]), tmp_path / "run")
     recorder = RecordLoss()
     metrics = train(cfg, extra_callbacks=[recorder])
@@ -250,14 +251,27 @@ def test_array_layout_with_hf_vit_learns(tmp_path, tiny_vit_dir):
 
 
 def test_normalization_comes_from_the_backbone(tiny_vit_dir, timm_weights_file):
+    """The model side reads the input spec of the backbone; the data side takes it (and user overrides)."""
     from sft.data.images import ImageClassificationProcessor
+    from sft.models.image_backbones import image_data_config
 
-    vit = ImageClassificationProcessor(backbone=tiny_vit_dir)
+    vit = ImageClassificationProcessor(input_spec=image_data_config(tiny_vit_dir))
     assert (vit.input["size"], vit.input["mean"], vit.input["crop_pct"]) == (32, [0.5] * 3, 1.0)
-    timm_file = ImageClassificationProcessor(backbone=timm_weights_file, architecture="test_efficientnet")
+    timm_file = ImageClassificationProcessor(input_spec=image_data_config(timm_weights_file, "test_efficientnet"))
     assert timm_file.input["size"] == 160 and timm_file.input["mean"] == pytest.approx([0.485, 0.456, 0.406])
-    overridden = ImageClassificationProcessor(backbone=tiny_vit_dir, image_size=48, mean=[0.1, 0.2, 0.3])
+    overridden = ImageClassificationProcessor(input_spec=image_data_config(tiny_vit_dir), image_size=48,
+                                              mean=[0.1, 0.2, 0.3])
     assert overridden.input["size"] == 48 and overridden.input["mean"] == [0.1, 0.2, 0.3]
+
+
+def test_image_data_config_does_not_reach_into_the_model_config():
+    """Configuration flows from the model group into data, never the reverse."""
+    for name in ("image_folder", "image_csv", "fashion_mnist"):
+        text = (Path(config_dir()) / "data" / f"{name}.yaml").read_text()
+        assert "${model." not in text and "oc.select:model" not in text, name
+    for source in (Path(__file__).parents[1] / "sft" / "data").glob("*.py"):
+        imports = [line for line in source.read_text().splitlines() if line.strip().startswith(("from ", "import "))]
+        assert not [line for line in imports if "sft.models" in line], source.name
 
 
 # -- bad images ------------------------------------------------------------------------------------------
@@ -273,8 +287,12 @@ def listing_with_bad_images(tmp_path) -> Path:
     return listing
 
 
+# What the test architecture expects of its input, as the model side reports it (see sft.cli.model_input_spec).
+TEST_INPUT = image_data_config(None, "test_efficientnet")
+
+
 def image_datamodule(train_file, **options) -> SFTDataModule:
-    return SFTDataModule(task="image_classification", train_file=str(train_file), architecture="test_efficientnet",
+    return SFTDataModule(task="image_classification", train_file=str(train_file), input_spec=TEST_INPUT,
                          image_size=32, val_fraction=0.2, test_fraction=0.2, **options)
 
 
@@ -328,7 +346,7 @@ def test_mixup_cutmix_soft_targets(mix):
     from sft.models.image_head import ImageClassificationHead
 
     torch.manual_seed(0)
-    processor = ImageClassificationProcessor(architecture="test_efficientnet", image_size=16,
+    processor = ImageClassificationProcessor(input_spec=TEST_INPUT, image_size=16,
                                              label_names=["a", "b", "c", "d"], **mix)
     rng = np.random.default_rng(0)
     items = [{"image": rng.integers(0, 255, (20, 20, 3), dtype=np.uint8), "labels": i % 4} for i in range(7)]
@@ -496,7 +514,7 @@ def test_fashion_mnist_asset():
     from sft import assets
 
     train_path, test_path = assets.fetch("fashion_mnist"), assets.split_file("fashion_mnist", "test")
-    dm = SFTDataModule(task="image_classification", dataset="fashion_mnist", architecture="test_efficientnet",
+    dm = SFTDataModule(task="image_classification", dataset="fashion_mnist", input_spec=TEST_INPUT,
                        image_size=32, val_fraction=0.05, max_train_records=1000)
     tables = dm.tables()
     assert tables["test"].path == str(test_path) and len(tables["test"]) == 10_000  # the official test split

@@ -427,13 +427,14 @@ def test_entity_metric_rebuilds_sentences_from_words_in_any_order():
     assert computed["entity_f1"] == pytest.approx(2 / 3)  # 2 of 3 predicted, 2 of 3 gold
 
 
-def test_heads_take_their_own_options_from_the_shared_model_config():
-    from sft.models.heads import build_head
-    from sft.tasks import ConfigError
+def test_a_head_takes_only_its_own_options():
+    from sft.tasks import ConfigError, get_task
 
-    shared = {"pooling": "mean", "dropout": 0.1, "label_smoothing": 0.0, "class_weights": None, "threshold": 0.5,
-              "pos_weight": None, "regression_loss": "mse", "huber_delta": 1.0}
-    for task in ("text_classification", "multilabel_classification", "text_regression", "token_classification"):
-        assert build_head(task, 8, ["a", "b"], **shared) is not None
-    with pytest.raises(ConfigError, match="model.treshold is not an option"):
-        build_head("multilabel_classification", 8, ["a", "b"], treshold=0.3)
+    multilabel = get_task("multilabel_classification")
+    assert multilabel.build_head(8, ["a", "b"], {"threshold": 0.3}).threshold == 0.3
+    with pytest.raises(ConfigError, match=r"model\.treshold is not a setting of the multilabel_classification head.*threshold"):
+        multilabel.build_head(8, ["a", "b"], {"treshold": 0.3})
+    with pytest.raises(ConfigError, match=r"model\.threshold is not a setting of the text_classification head"):
+        get_task("text_classification").build_head(8, ["a", "b"], {"threshold": 0.3})
+    with pytest.raises(ConfigError, match=r"model\.threshold=1\.5 must be below 1"):
+        multilabel.build_head(8, ["a", "b"], {"threshold": 1.5})

@@ -72,4 +72,8 @@ def test_run_logs_flops_per_second(tiny_model_dir, sentiment_csv, tmp_path):
     logged = (next((tmp_path / "run").rglob("metrics.csv"))).read_text().splitlines()[0].split(",")
     assert "train/device/flops_per_sec" in logged and "train/device/samples_per_sec" in logged
     assert "train/grad_norm" in logged  # the NaN/inf guard's norm, reused for clipping and logged
-    assert json.loads((tmp_path / "run" / "metrics.json").read_text())
+    rows = [dict(zip(logged, line.split(","))) for line in
+            next((tmp_path / "run").rglob("metrics.csv")).read_text().splitlines()[1:]]
+    flops = [float(row["train/device/flops_per_sec"]) for row in rows if row.get("train/device/flops_per_sec")]
+    assert flops and all(value > 0 for value in flops)
+    assert 0.0 <= json.loads((tmp_path / "run" / "metrics.json").read_text())["test/acc"] <= 1.0

@@ -88,13 +88,23 @@ def test_checkpoint_holds_label_map(trained_run):
     assert ckpt["datamodule_hyper_parameters"]["task"] == "text_classification"
 
 
-def test_eval_reproduces_test_metrics(trained_run, tmp_path):
+def test_eval_reproduces_test_metrics(trained_run, tmp_path, monkeypatch):
     cfg, run_dir, metrics, _ = trained_run
     predictions = tmp_path / "predictions.jsonl"
     eval_cfg = compose_config("eval", [f"ckpt_path={run_dir / 'checkpoints' / 'best.ckpt'}", "trainer.accelerator=cpu",
                                        f"predictions_file={predictions}", f"export_dir={tmp_path / 'export'}",
                                        "extras.print_config=false"], tmp_path / "eval_run")
+    checkpoint_reads = []
+    real_load = torch.load
+
+    def counting_load(f, *args, **kwargs):
+        if str(f).endswith(".ckpt"):
+            checkpoint_reads.append(str(f))
+        return real_load(f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", counting_load)
     evaluated = evaluate(eval_cfg)
+    assert checkpoint_reads == [str(run_dir / "checkpoints" / "best.ckpt")]  # read once, not once per piece
     for key in ("test/acc", "test/f1", "test/f1_pos", "test/f1_neg"):
         assert evaluated[key] == metrics[key], key
     assert evaluated["test/loss"] == pytest.approx(metrics["test/loss"], abs=1e-6)
@@ -165,11 +175,14 @@ def test_frozen_backbone_trains_only_head(make_train_cfg):
 
     original = AutoModel.from_pretrained(cfg.model.pretrained).state_dict()
     state = ckpt["state_dict"]
-    for name, value in original.items():
-        if f"backbone.{name}" in state:
-            assert torch.equal(state[f"backbone.{name}"], value), name
+    compared = [name for name in original if f"backbone.{name}" in state]
+    assert len(compared) == len([k for k in state if k.startswith("backbone.")]) > 0
+    for name in compared:
+        assert torch.equal(state[f"backbone.{name}"], original[name]), name
+    assert not torch.equal(state["head.classifier.weight"], torch.zeros_like(state["head.classifier.weight"]))
     groups = ckpt["optimizer_states"][0]["param_groups"]
-    assert [g["lr"] for g in groups if g.get("name", "").startswith("head")]
+    head_rates = [g["initial_lr"] for g in groups if g.get("name", "").startswith("head")]
+    assert head_rates and all(rate == pytest.approx(1e-2) for rate in head_rates)
 
 
 def test_bf16_mixed_precision_with_accumulation_runs_on_cpu(make_train_cfg):
