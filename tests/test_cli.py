@@ -51,7 +51,7 @@ def test_single_runs_never_share_a_directory(tiny_model_dir, sentiment_csv, tmp_
 
 def test_help_and_cfg_job(tmp_path):
     help_text = run(["--help"], cwd=tmp_path).stdout
-    groups = dict(line.split(":", 1) for line in help_text.split("== Configuration groups ==")[1].splitlines()
+    groups = dict(line.split(":", 1) for line in help_text.split("== Configuration groups ==")[1].split("== Config ==")[0].splitlines()
                   if ":" in line and not line.startswith("=="))
     assert {"text_classification", "multilabel_classification", "causal_lm", "chat"} <= {
         option.strip() for option in groups["data"].split(",")}
