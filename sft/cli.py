@@ -357,7 +357,13 @@ def _run(fn, cfg: DictConfig) -> Optional[float]:
         try:
             metrics = fn(cfg)
         except Exception as error:  # noqa: BLE001 - any failure of one job must not end the sweep
-            log.exception("Sweep job %s failed", HydraConfig.get().job.num)
+            from sft.errors import user_message
+
+            message = user_message(error)
+            if message is None:
+                log.exception("Sweep job %s failed", HydraConfig.get().job.num)
+            else:
+                log.error("Sweep job %s failed: error: %s", HydraConfig.get().job.num, message)
             record_failure(Path(HydraConfig.get().runtime.output_dir), error)
             return worst_value(cfg.get("optimized_mode") or "max") if metric else None
     # A sweeper (Optuna) optimizes the value the task returns.
@@ -371,9 +377,13 @@ def _run(fn, cfg: DictConfig) -> Optional[float]:
 def train_main() -> None:
     import sys
 
+    from sft.errors import main, task
+
     sys.argv = runs.resume_argv(sys.argv)
-    hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")(lambda cfg: _run(train, cfg))()
+    main(hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")(task(lambda cfg: _run(train, cfg))))
 
 
 def eval_main() -> None:
-    hydra.main(version_base="1.3", config_path=config_dir(), config_name="eval")(lambda cfg: _run(evaluate, cfg))()
+    from sft.errors import main, task
+
+    main(hydra.main(version_base="1.3", config_path=config_dir(), config_name="eval")(task(lambda cfg: _run(evaluate, cfg))))

@@ -4,6 +4,8 @@ The data config declares the task; the model config declares the modality of its
 A pair that cannot work is refused here, before any weights or data load.
 """
 
+from sft.errors import UserError
+
 TASK_MODALITY = {
     "text_classification": "text",
     "multilabel_classification": "text",
@@ -41,7 +43,7 @@ def plain(value):
     return value
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A configuration that cannot work; the message says which keys and what to change."""
 
 

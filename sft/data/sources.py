@@ -14,12 +14,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
+from sft.errors import UserError
+
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet",
            ".conll": "conll", ".iob": "conll", ".bio": "conll"}
 COMPRESSIONS = {".gz": gzip.open, ".bz2": bz2.open}
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """Bad user data: the message names the file, the line or record, the field and what was expected."""
 
 

@@ -25,6 +25,7 @@ from torch.utils.checkpoint import checkpoint
 from torchmetrics import MeanMetric, MetricCollection
 
 from sft import assets
+from sft.tasks import ConfigError
 
 IGNORE = -100
 
@@ -56,7 +57,7 @@ class CausalLMHead(nn.Module):
     def __init__(self, hidden_size: int, label_names: Sequence[str] = (), loss_chunk_size: Optional[int] = None):
         super().__init__()  # no parameters of its own: the LM head belongs to the backbone
         if loss_chunk_size is not None and int(loss_chunk_size) < 1:
-            raise ValueError(f"model.loss_chunk_size={loss_chunk_size} must be a positive number of tokens (or null)")
+            raise ConfigError(f"model.loss_chunk_size={loss_chunk_size} must be a positive number of tokens (or null)")
         self.loss_chunk_size = int(loss_chunk_size) if loss_chunk_size else None
 
     def features(self, backbone: nn.Module, batch: dict) -> dict:
