@@ -72,6 +72,8 @@ def user_message(error: BaseException) -> Optional[str]:
         if isinstance(cause, UserError):
             return _one_line(str(cause))
     for cause in _chain(error):
+        if isinstance(cause, OverrideParseException) and getattr(cause, "override", None):
+            return f"cannot parse the override {cause.override!r}: " + _one_line(str(cause))
         if isinstance(cause, (ConfigCompositionException, OverrideParseException)):
             return _one_line(str(cause))
         if isinstance(cause, MissingMandatoryValue):

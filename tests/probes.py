@@ -26,3 +26,10 @@ class TrainDataProbe(Callback):
             with open(path, "w") as f:
                 json.dump({"sampler": type(trainer.train_dataloader.sampler).__name__, "batches": self.batches,
                            "dataloader_len": len(trainer.train_dataloader), "rows": self.rows}, f)
+
+
+class Boom(Callback):
+    """A bug stand-in: fails as it is built, with an error that is not a user error."""
+
+    def __init__(self):
+        raise RuntimeError("boom: a bug in a callback")
