@@ -155,6 +155,11 @@ def train(cfg: DictConfig, extra_callbacks: Optional[list] = None) -> dict[str, 
     run_dir = output_dir(cfg)
     check_task_model(cfg.data.task, cfg.model.modality)  # refuse a bad pair before anything loads
     runs.validate_config(cfg)
+    weights_only = True
+    if cfg.get("ckpt_path") and cfg.get("train", True):  # a damaged or untrusted checkpoint is refused here
+        from sft.safe_load import check_resume_checkpoint
+
+        weights_only = check_resume_checkpoint(cfg.ckpt_path, cfg.get("resume"), bool(cfg.get("allow_unsafe_checkpoint")))
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
 
@@ -182,7 +187,7 @@ def train(cfg: DictConfig, extra_callbacks: Optional[list] = None) -> dict[str, 
 
     metrics: dict[str, float] = {}
     if cfg.get("train", True):
-        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=weights_only)
         metrics.update(_floats(trainer.callback_metrics))
     best = next((cb.best_model_path for cb in trainer.checkpoint_callbacks if cb.monitor), "")
     if cfg.get("test", True):
@@ -219,16 +224,19 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
 
     apply_extras(cfg)
     run_dir = output_dir(cfg)
+    from sft.errors import CheckpointError
+    from sft.safe_load import load_checkpoint
+
     ckpt_path = Path(cfg.ckpt_path)
-    if not ckpt_path.is_file():
-        raise FileNotFoundError(f"ckpt_path: no checkpoint at {ckpt_path.absolute()}")
-    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    checkpoint, unsafe = load_checkpoint(ckpt_path, "ckpt_path", bool(cfg.get("allow_unsafe_checkpoint")))
     data_hparams = dict(checkpoint.get("datamodule_hyper_parameters") or {})
     if not data_hparams:
-        raise ValueError(f"{ckpt_path} records no data module settings; was it written by sft?")
+        raise CheckpointError(f"ckpt_path={ckpt_path}: a Lightning checkpoint with no data module settings, "
+                              "written by another tool; give one written by sft's train.py")
     # A LoRA checkpoint holds only the adapters: the base weights come from model.pretrained.
     adapter_only = bool(checkpoint.get("adapter_only"))
-    module = SFTModule.load_from_checkpoint(ckpt_path, map_location="cpu", load_weights=adapter_only)
+    module = SFTModule.load_from_checkpoint(ckpt_path, map_location="cpu", load_weights=adapter_only,
+                                            weights_only=not unsafe)
     data_hparams["label_names"] = module.label_names  # the training label map, never rebuilt
     if cfg.get("test_file"):
         data_hparams["test_file"] = cfg.test_file
