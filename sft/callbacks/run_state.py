@@ -138,6 +138,13 @@ class PeriodicCheckpoint(Callback):
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         step = trainer.global_step
+        if trainer.received_sigterm and step != self._last_saved_step and not trainer.sanity_checking:
+            # Preemption (SLURM time limit, spot instance): Lightning stops after this batch, so save the
+            # step reached; `resume=RUN_DIR` continues from it exactly.
+            self._last_saved_step = step
+            trainer.save_checkpoint(f"{self.dirpath}/{self.filename}")
+            log.warning("SIGTERM received: saved %s/%s at global step %d", self.dirpath, self.filename, step)
+            return
         if (not self.every_n_train_steps or step == 0 or step % self.every_n_train_steps
                 or step == self._last_saved_step or trainer.sanity_checking):
             return
