@@ -47,6 +47,17 @@ def _one_line(text: str) -> str:
     return "; ".join(lines)
 
 
+def _unwrap_worker(text: str) -> str:
+    """An error re-raised from a DataLoader worker carries the worker's traceback in its message;
+    keep the original message, and say that it came from a worker."""
+    if not text.startswith("Caught ") or "Original Traceback" not in text:
+        return text
+    import re
+
+    found = list(re.finditer(r"^(?:[\w.]+\.)?\w+(?:Error|Exception): ", text, flags=re.MULTILINE))
+    return (text[found[-1].end():].strip() + " (in a DataLoader worker)") if found else text
+
+
 def _os_message(error: OSError) -> str:
     what = error.strerror or str(error)
     if error.filename is not None:
@@ -70,7 +81,7 @@ def user_message(error: BaseException) -> Optional[str]:
 
     for cause in _chain(error):
         if isinstance(cause, UserError):
-            return _one_line(str(cause))
+            return _one_line(_unwrap_worker(str(cause)))
     for cause in _chain(error):
         if isinstance(cause, OverrideParseException) and getattr(cause, "override", None):
             return f"cannot parse the override {cause.override!r}: " + _one_line(str(cause))

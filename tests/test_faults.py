@@ -120,3 +120,20 @@ def test_ddp_rank_failure_ends_the_job(tiny_model_dir, sentiment_csv, tmp_path, 
     assert ended - failed_at < 60, f"the job took {ended - failed_at:.0f} s to end after rank 1 failed"
     if how == "raise":
         assert "rank 1 failed on purpose at step 2" in output
+
+
+# -- a DataLoader worker fails on one file ---------------------------------------------------------------------
+def test_worker_failure_names_the_file(tmp_path):
+    from sft.data.sources import DataError
+    from tests.test_images import image_datamodule, write_listing
+
+    listing = write_listing(tmp_path / "data", per_class=4, kind="csv")
+    dm = image_datamodule(listing, num_workers=1, batch_size=2)
+    dm.setup("fit")  # every image checked and readable here
+    for image in (tmp_path / "data" / "images").iterdir():  # then the files go bad (a disk, a sync, a job)
+        image.write_bytes(b"no longer an image")
+    with pytest.raises(DataError) as info:
+        next(iter(dm.train_dataloader()))
+    message = user_message(info.value)
+    assert "DataLoader worker" in message and "Traceback" not in message
+    assert str(tmp_path / "data" / "images") in message and ".jpg: could not be read while loading a batch" in message
