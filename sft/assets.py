@@ -29,10 +29,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Optional
 
+from sft.errors import UserError
+
 log = logging.getLogger(__name__)
 
 
-class AssetError(RuntimeError):
+class AssetError(UserError, RuntimeError):
     """A catalog asset could not be fetched, verified or prepared."""
 
 
@@ -449,6 +451,9 @@ def resolve_pretrained(name_or_path: str) -> str:
         if CATALOG[name_or_path].kind != "model":
             raise AssetError(f"Catalog asset {name_or_path!r} is a data set, not a model")
         return str(fetch(name_or_path))
+    if name_or_path.startswith(("/", "./", "../", "~")) and not Path(name_or_path).expanduser().exists():
+        raise AssetError(f"model.pretrained={name_or_path}: no such folder ({Path(name_or_path).expanduser().absolute()}); "
+                         "give a folder written by save_pretrained, a hub id or a catalog name")
     return name_or_path
 
 

@@ -8,6 +8,7 @@ the previous checkpoint or the new one, never a part.
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from pathlib import Path
@@ -27,9 +28,15 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            from sft.errors import CheckpointError
+
+            kept = f"the previous {path.name} is kept" if path.exists() else f"no {path.name} was written"
+            raise CheckpointError(f"{path}: {os.strerror(error.errno)} while writing the checkpoint; {kept}. Free "
+                                  "space and continue the run with `python train.py resume=RUN_DIR`") from error
         raise
     # Make the rename itself durable.
     dir_fd = os.open(path.parent, os.O_RDONLY)

@@ -22,7 +22,6 @@ from omegaconf import DictConfig, OmegaConf
 from sft import runs
 from sft.callbacks.run_state import RNGState, RunRecord
 from sft.config import check_config, register_resolvers
-from sft.errors import ConfigError
 from sft.tasks import get_task
 
 register_resolvers()
@@ -139,6 +138,11 @@ def train(cfg: DictConfig, extra_callbacks: Optional[list] = None) -> dict[str, 
     run_dir = output_dir(cfg)
     check_config(cfg)  # unknown keys, wrong types, bad values, a task the model cannot serve: before anything loads
     runs.validate_config(cfg)
+    weights_only = True
+    if cfg.get("ckpt_path") and cfg.get("train", True):  # a damaged or untrusted checkpoint is refused here
+        from sft.safe_load import check_resume_checkpoint
+
+        weights_only = check_resume_checkpoint(cfg.ckpt_path, cfg.get("resume"), bool(cfg.get("allow_unsafe_checkpoint")))
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
 
@@ -167,7 +171,7 @@ def train(cfg: DictConfig, extra_callbacks: Optional[list] = None) -> dict[str, 
 
     metrics: dict[str, float] = {}
     if cfg.get("train", True):
-        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=weights_only)
         metrics.update(_floats(trainer.callback_metrics))
     best = next((cb.best_model_path for cb in trainer.checkpoint_callbacks if cb.monitor), "")
     if cfg.get("test", True):
@@ -214,14 +218,16 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
 
     apply_extras(cfg)
     run_dir = output_dir(cfg)
+    from sft.errors import CheckpointError
+    from sft.safe_load import load_checkpoint
+
     ckpt_path = Path(cfg.ckpt_path)
-    if not ckpt_path.is_file():
-        raise FileNotFoundError(f"ckpt_path: no checkpoint at {ckpt_path.absolute()}")
-    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-    module = module_from_checkpoint(checkpoint, ckpt_path)
+    checkpoint, unsafe = load_checkpoint(ckpt_path, "ckpt_path", bool(cfg.get("allow_unsafe_checkpoint")))
     data_hparams = dict(checkpoint.get("datamodule_hyper_parameters") or {})
     if not data_hparams:
-        raise ConfigError(f"{ckpt_path} records no data module settings; was it written by sft?")
+        raise CheckpointError(f"ckpt_path={ckpt_path}: a Lightning checkpoint with no data module settings, "
+                              "written by another tool; give one written by sft's train.py")
+    module = module_from_checkpoint(checkpoint, ckpt_path)
     data_hparams["label_names"] = module.label_names  # the training label map, never rebuilt
     if "backbone" in data_hparams:  # written before the input spec came from the model side
         data_hparams.pop("backbone"), data_hparams.pop("architecture", None)
@@ -253,11 +259,13 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
 def module_from_checkpoint(checkpoint: dict, ckpt_path: Path):
     """The SFTModule a checkpoint holds, built from the checkpoint already in memory (read once).
     A LoRA checkpoint holds only the adapters and the head: the base weights come from model.pretrained."""
+    from sft.errors import CheckpointError
     from sft.models.module import SFTModule
 
     hparams = dict(checkpoint.get("hyper_parameters") or {})
     if "task" not in hparams or "label_names" not in hparams:
-        raise ConfigError(f"{ckpt_path} records no sft model settings; was it written by sft?")
+        raise CheckpointError(f"ckpt_path={ckpt_path}: a Lightning checkpoint with no sft model settings, "
+                              "written by another tool; give one written by sft's train.py")
     adapter_only = bool(checkpoint.get("adapter_only"))
     module = SFTModule(**hparams, load_weights=adapter_only)
     module.load_state_dict(checkpoint["state_dict"], strict=not adapter_only)
@@ -282,7 +290,13 @@ def _run(fn, cfg: DictConfig) -> Optional[float]:
         try:
             metrics = fn(cfg)
         except Exception as error:  # noqa: BLE001 - any failure of one job must not end the sweep
-            log.exception("Sweep job %s failed", HydraConfig.get().job.num)
+            from sft.errors import user_message
+
+            message = user_message(error)
+            if message is None:
+                log.exception("Sweep job %s failed", HydraConfig.get().job.num)
+            else:
+                log.error("Sweep job %s failed: error: %s", HydraConfig.get().job.num, message)
             record_failure(Path(HydraConfig.get().runtime.output_dir), error)
             return worst_value(cfg.get("optimized_mode") or "max") if metric else None
     # A sweeper (Optuna) optimizes the value the task returns.
@@ -296,9 +310,13 @@ def _run(fn, cfg: DictConfig) -> Optional[float]:
 def train_main() -> None:
     import sys
 
+    from sft.errors import main, task
+
     sys.argv = runs.resume_argv(sys.argv)
-    hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")(lambda cfg: _run(train, cfg))()
+    main(hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")(task(lambda cfg: _run(train, cfg))))
 
 
 def eval_main() -> None:
-    hydra.main(version_base="1.3", config_path=config_dir(), config_name="eval")(lambda cfg: _run(evaluate, cfg))()
+    from sft.errors import main, task
+
+    main(hydra.main(version_base="1.3", config_path=config_dir(), config_name="eval")(task(lambda cfg: _run(evaluate, cfg))))

@@ -56,6 +56,7 @@ class RunSettings:
     optimized_metric: Optional[str] = option(None, "the value a sweeper optimizes")
     optimized_mode: Literal["max", "min"] = option("max", "which direction of optimized_metric is better")
     resume: Optional[str] = option(None, "RUN_DIR: continue that run")
+    allow_unsafe_checkpoint: bool = option(False, "load a checkpoint that needs unpickling code (only from authors you trust)")
 
 
 @dataclass

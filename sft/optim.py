@@ -12,6 +12,8 @@ import torch
 import torch.nn as nn
 from torch.optim.lr_scheduler import LambdaLR
 
+from sft.tasks import ConfigError
+
 
 def parameter_groups(named_parameters: Iterable[tuple[str, nn.Parameter]], head_prefix: str = "head.",
                      head_lr: Optional[float] = None) -> list[dict]:
@@ -33,7 +35,7 @@ def parameter_groups(named_parameters: Iterable[tuple[str, nn.Parameter]], head_
             group["lr"] = head_lr
         result.append(group)
     if not result:
-        raise ValueError("no trainable parameters: is the whole model frozen?")
+        raise ConfigError("no trainable parameters: is the whole model frozen?")
     return result
 
 
@@ -48,7 +50,7 @@ def warmup_schedule(optimizer: torch.optim.Optimizer, total_steps: int, kind: st
     from transformers import get_scheduler
 
     if kind not in SCHEDULES:
-        raise ValueError(f"scheduler.kind={kind!r} is not one of {', '.join(SCHEDULES)}")
+        raise ConfigError(f"scheduler.kind={kind!r} is not one of {', '.join(SCHEDULES)}")
     total_steps = max(1, int(total_steps))
     warmup = int(warmup_steps) if warmup_steps is not None else int(round(warmup_ratio * total_steps))
     return get_scheduler(SCHEDULES[kind], optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)

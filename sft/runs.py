@@ -94,13 +94,13 @@ def resume_config(cfg: DictConfig) -> DictConfig:
     run_dir = Path(cfg.resume).absolute()
     saved_path = run_dir / "config.yaml"
     last = run_dir / "checkpoints" / "last.ckpt"
+    overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
     if not saved_path.is_file():
         raise ConfigError(f"resume={cfg.resume}: no config.yaml in {run_dir}; give the directory of an sft run")
-    if not last.is_file():
+    if not last.is_file() and not any(o.startswith("ckpt_path=") for o in overrides):
         raise ConfigError(f"resume={cfg.resume}: no checkpoint at {last}; the run saved none before it stopped "
                           "(see callbacks.periodic_checkpoint.every_n_train_steps)")
     saved = OmegaConf.load(saved_path)
-    overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
     for override in OverridesParser.create().parse_overrides(overrides):
         key = override.key_or_group
         if key == "resume":
@@ -120,7 +120,9 @@ def resume_config(cfg: DictConfig) -> DictConfig:
             OmegaConf.update(saved, key, value, force_add=True)
     with open_dict(saved):
         saved.resume = str(run_dir)
-        saved.ckpt_path = str(last)
+        # `ckpt_path=` on the command line picks another checkpoint of the run (e.g. when last.ckpt is damaged).
+        given = [o.split("=", 1)[1] for o in overrides if o.startswith("ckpt_path=")]
+        saved.ckpt_path = str(Path(given[-1]).absolute()) if given and given[-1] not in ("", "null") else str(last)
         saved.paths.output_dir = str(run_dir)
         if "hydra" in cfg:  # keep Hydra's node so ${hydra:...} lookups elsewhere still work
             saved.hydra = cfg.hydra

@@ -28,8 +28,12 @@ def worst_value(mode: str) -> float:
 
 def record_failure(run_dir: Path, error: BaseException) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
+    from sft.errors import user_message
+
     text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
-    (run_dir / ERROR_FILE).write_text(json.dumps({"error": f"{type(error).__name__}: {error}",
+    # A user error is recorded with the one-line message train.py prints; a bug with its type.
+    message = user_message(error) or f"{type(error).__name__}: {error}"
+    (run_dir / ERROR_FILE).write_text(json.dumps({"error": message,
                                                   "traceback": text[-8000:]}, indent=2) + "\n")
 
 

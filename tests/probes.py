@@ -26,3 +26,42 @@ class TrainDataProbe(Callback):
             with open(path, "w") as f:
                 json.dump({"sampler": type(trainer.train_dataloader.sampler).__name__, "batches": self.batches,
                            "dataloader_len": len(trainer.train_dataloader), "rows": self.rows}, f)
+
+
+class Boom(Callback):
+    """A bug stand-in: fails as it is built, with an error that is not a user error."""
+
+    def __init__(self):
+        raise RuntimeError("boom: a bug in a callback")
+
+
+class SigtermAt(Callback):
+    """Sends this process SIGTERM as the batch of global step `step` starts (a preemption mid-epoch)."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        import signal
+
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+class FailOnRank(Callback):
+    """DDP rank `rank` fails at global step `step`: by an exception, or killed (`how=kill`); the time
+    of the failure goes to `PROBE_DIR/failed_at`."""
+
+    def __init__(self, rank: int = 1, step: int = 2, how: str = "raise"):
+        self.rank, self.step, self.how = rank, step, how
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        import signal
+        import time
+
+        if trainer.global_rank == self.rank and trainer.global_step == self.step:
+            with open(os.path.join(os.environ["PROBE_DIR"], "failed_at"), "w") as f:
+                f.write(str(time.time()))
+            if self.how == "kill":
+                os.kill(os.getpid(), signal.SIGKILL)
+            raise RuntimeError(f"rank {self.rank} failed on purpose at step {self.step}")

@@ -196,10 +196,31 @@ def test_audit_fails_on_empty_assistant_turn(tokenizer, tmp_path):
     tokenizer.chat_template = template
     try:
         path = write_jsonl(tmp_path / "d.jsonl", [{"prompt": "what ?", "completion": "red"}, {"prompt": "what ?", "completion": ""}])
-        with pytest.raises(DataError, match=r"d\.jsonl:2: (no supervised token|an assistant turn renders to no token)"):
+        with pytest.raises(DataError, match=r"d\.jsonl:2: field 'completion' is an empty assistant turn"):
             ChatProcessor(tokenizer).encode(read_table(path))
+        with pytest.raises(DataError, match=r"d\.jsonl:2: (no supervised token|an assistant turn renders to no token)"):
+            ChatProcessor(tokenizer, allow_empty_turns=True).encode(read_table(path))
     finally:
         tokenizer.chat_template = CHATML
+
+
+def test_empty_assistant_turn_is_an_audit_error_naming_record_and_turn(tokenizer, tmp_path):
+    def turn(role, content, **extra):
+        return {"role": role, "content": content, **extra}
+
+    records = [
+        {"messages": [turn("user", "what colour is the tree ?"), turn("assistant", "green")]},
+        {"messages": [turn("user", "what ?"), turn("assistant", "red"), turn("user", "and now ?"), turn("assistant", " \n ")]},
+        {"messages": [turn("user", "what ?"), turn("assistant", "", train=False), turn("user", "now ?"),
+                      turn("assistant", "blue")]},
+    ]
+    table = read_table(write_jsonl(tmp_path / "d.jsonl", records))
+    with pytest.raises(DataError, match=r"d\.jsonl:2: messages\[3\] is an empty assistant turn.*data\.allow_empty_turns=true"):
+        ChatProcessor(tokenizer, max_length=128).encode(table)
+    # Kept on request, and counted; a turn marked train: false is not supervised, so not counted.
+    examples, report = ChatProcessor(tokenizer, max_length=128, allow_empty_turns=True).encode(table)
+    assert len(examples) == 3 and report.empty_turns == 1 and report.as_dict()["empty_turns"] == 1
+    assert ChatProcessor(tokenizer, max_length=128).encode(table.subset([0, 2]))[1].empty_turns == 0
 
 
 def run_audit(args: list[str]) -> subprocess.CompletedProcess:

@@ -431,3 +431,34 @@ def test_worker_count_auto_follows_the_cpus(monkeypatch):
     assert worker_count(3) == 3 and worker_count("0") == 0
     with pytest.raises(ConfigError, match="data.num_workers='many'"):
         worker_count("many")
+
+
+# -- text encodings -------------------------------------------------------------------------------
+@pytest.mark.parametrize("name,lines", [
+    ("latin1.csv", [b"text,label", b"fine film,pos", b"caf\xe9 scene,neg"]),
+    ("latin1.jsonl", [b'{"text": "fine", "label": "pos"}', b'{"text": "caf\xe9", "label": "neg"}', b""]),
+    ("latin1.tsv.gz", [b"text\tlabel", b"fine film\tpos", b"caf\xe9 scene\tneg"]),
+    ("latin1.conll", [b"EU B-ORG", b"", b"Caf\xe9 O"]),
+])
+def test_non_utf8_input_names_file_and_line(tmp_path, name, lines):
+    import gzip
+
+    data = b"\n".join(lines) + b"\n"
+    path = tmp_path / name
+    path.write_bytes(gzip.compress(data) if name.endswith(".gz") else data)
+    line = next(i for i, text in enumerate(lines, start=1) if b"\xe9" in text)
+    with pytest.raises(DataError, match=rf"{path.name}:{line}: not valid UTF-8 text \(byte 0xe9 at column \d+\); save the file as UTF-8"):
+        read_table(path)
+
+
+@pytest.mark.parametrize("name,text", [
+    ("bom.csv", "text,label\nfine film,pos\n"),
+    ("bom.jsonl", '{"text": "fine film", "label": "pos"}\n'),
+    ("bom.json", '[{"text": "fine film", "label": "pos"}]'),
+])
+def test_utf8_byte_order_mark_is_accepted(tmp_path, name, text):
+    path = tmp_path / name
+    path.write_bytes(b"\xef\xbb\xbf" + text.encode())
+    table = read_table(path)
+    assert table.columns == ["text", "label"] and table.rows[0]["text"] == "fine film"
+    table.require_columns({"data.text_column": "text"})

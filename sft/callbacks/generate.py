@@ -18,6 +18,8 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
+from sft.tasks import ConfigError
+
 log = logging.getLogger(__name__)
 MATCHES = ("exact", "contains")
 
@@ -65,7 +67,7 @@ class GenerationCallback(L.Callback):
     def __init__(self, every_n_epochs: int = 1, num_samples: int = 3, eval_examples: int = 32,
                  max_new_tokens: int = 32, match: str = "exact", baseline: bool = True, batch_size: int = 16):
         if match not in MATCHES:
-            raise ValueError(f"callbacks.generate.match={match!r} is not one of {MATCHES}")
+            raise ConfigError(f"callbacks.generate.match={match!r} is not one of {MATCHES}")
         self.every_n_epochs = max(1, int(every_n_epochs))
         self.num_samples = num_samples
         self.eval_examples = eval_examples

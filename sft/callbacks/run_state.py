@@ -11,6 +11,9 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from sft.errors import UserError
+from sft.tasks import ConfigError
+
 log = logging.getLogger("sft")
 
 
@@ -50,7 +53,7 @@ class RunRecord(Callback):
         checkpoint["sft_run_record"] = self.record
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(UserError, RuntimeError):
     """Training produced a NaN or infinite loss (or gradients)."""
 
 
@@ -67,7 +70,7 @@ class NonFiniteLossGuard(Callback):
 
     def __init__(self, action: str = "stop"):
         if action not in self.ACTIONS:
-            raise ValueError(f"callbacks.nonfinite_guard.action={action!r} is not one of {self.ACTIONS}")
+            raise ConfigError(f"callbacks.nonfinite_guard.action={action!r} is not one of {self.ACTIONS}")
         self.action = action
         self.skipped = 0
         self._batch_idx = 0
@@ -126,7 +129,7 @@ class PeriodicCheckpoint(Callback):
 
     def __init__(self, dirpath: str, every_n_train_steps: Optional[int] = None, filename: str = "last.ckpt"):
         if every_n_train_steps is not None and int(every_n_train_steps) < 1:
-            raise ValueError(f"callbacks.periodic_checkpoint.every_n_train_steps={every_n_train_steps} must be "
+            raise ConfigError(f"callbacks.periodic_checkpoint.every_n_train_steps={every_n_train_steps} must be "
                              "a positive number of steps or null")
         self.dirpath = dirpath
         self.every_n_train_steps = every_n_train_steps
@@ -135,6 +138,13 @@ class PeriodicCheckpoint(Callback):
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         step = trainer.global_step
+        if trainer.received_sigterm and step != self._last_saved_step and not trainer.sanity_checking:
+            # Preemption (SLURM time limit, spot instance): Lightning stops after this batch, so save the
+            # step reached; `resume=RUN_DIR` continues from it exactly.
+            self._last_saved_step = step
+            trainer.save_checkpoint(f"{self.dirpath}/{self.filename}")
+            log.warning("SIGTERM received: saved %s/%s at global step %d", self.dirpath, self.filename, step)
+            return
         if (not self.every_n_train_steps or step == 0 or step % self.every_n_train_steps
                 or step == self._last_saved_step or trainer.sanity_checking):
             return

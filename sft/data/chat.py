@@ -53,6 +53,7 @@ class ChatReport:
     truncated_tokens: int = 0     # tokens those cuts removed
     dropped_too_long: int = 0     # examples dropped for length (truncation=drop)
     dropped_unsupervised: int = 0  # examples that kept no supervised token after truncation
+    empty_turns: int = 0          # empty assistant turns kept (data.allow_empty_turns=true)
     format: str = ""
 
     def as_dict(self) -> dict:
@@ -61,7 +62,8 @@ class ChatReport:
                 "supervised_tokens": self.supervised_tokens,
                 "mean_tokens": round(self.tokens / max(kept, 1), 1),
                 "truncated": self.truncated, "truncated_tokens": self.truncated_tokens,
-                "dropped_too_long": self.dropped_too_long, "dropped_unsupervised": self.dropped_unsupervised}
+                "dropped_too_long": self.dropped_too_long, "dropped_unsupervised": self.dropped_unsupervised,
+                "empty_turns": self.empty_turns}
 
 
 @dataclass
@@ -74,6 +76,8 @@ class Rendered:
     labels: list[int]
     # (start, end) token ranges of supervised assistant turns, to check each ends with end-of-turn
     turns: list[tuple[int, int]] = field(default_factory=list)
+    # supervised assistant turns whose content is empty or only whitespace, named as in the record
+    empty_turns: list[str] = field(default_factory=list)
 
     @property
     def supervised(self) -> int:
@@ -147,13 +151,24 @@ def to_messages(row: dict, shape: str, where: str) -> list[dict]:
     return out
 
 
+def empty_assistant_turns(messages: list[dict], shape: str) -> list[str]:
+    """The supervised assistant turns whose content is empty or only whitespace, named as in the record
+    (messages[3], or the field of a prompt/completion or alpaca record)."""
+    field_name = {"prompt_completion": "field 'completion'", "alpaca": "field 'output'"}.get(shape)
+    names = []
+    for k, message in enumerate(messages):
+        if message["role"] == "assistant" and message.get("train", True) is not False and not message["content"].strip():
+            names.append(field_name or f"messages[{k}]")
+    return names
+
+
 class ChatProcessor(Processor):
     """Processor for `task=causal_lm` (see the module docstring for shapes and masking)."""
 
     def __init__(self, tokenizer, max_length: int = 1024, format: Optional[str] = None,
                  chat_template: Optional[str] = None, train_on_prompt: bool = False,
                  truncation: str = "keep_start", end_of_turn_token: Optional[str] = None,
-                 packing: bool = False, audit_examples: int = 2):
+                 packing: bool = False, audit_examples: int = 2, allow_empty_turns: bool = False):
         if format is not None and format not in FORMATS:
             raise ConfigError(f"data.format={format!r} is not one of {FORMATS} (or null to detect it)")
         if truncation not in TRUNCATIONS:
@@ -167,6 +182,7 @@ class ChatProcessor(Processor):
         self.truncation = truncation
         self.packing = packing
         self.audit_examples = audit_examples
+        self.allow_empty_turns = allow_empty_turns
         self.label_names: list[str] = []  # no label map: the vocabulary is the label space
         self._template_option = chat_template
         self._template: Optional[str] = None
@@ -280,11 +296,15 @@ class ChatProcessor(Processor):
                 # an empty turn (no token at all) is recorded empty, for the audit to report
                 turns.append((tokens[0], tokens[-1] + 1) if tokens else (len(ids), len(ids)))
         labels[0] = IGNORE  # nothing predicts the first token (so packed and unpacked rows agree)
-        return Rendered(where, text, ids, labels, turns)
+        return Rendered(where, text, ids, labels, turns, empty_assistant_turns(messages, shape))
 
     # -- audit ------------------------------------------------------------------------------------------
     def check_example(self, item: Rendered) -> None:
         """Fail fast, naming the example, when it would teach nothing or never teach stopping."""
+        if item.empty_turns and not self.allow_empty_turns:
+            raise DataError(f"{item.where}: {item.empty_turns[0]} is an empty assistant turn; training on it teaches "
+                            "the model to answer with nothing but the end-of-turn token. Fill or drop the turn (or "
+                            "mark it \"train\": false), or set data.allow_empty_turns=true to keep such turns")
         if item.supervised == 0:
             raise DataError(f"{item.where}: no supervised token (empty assistant turns, or every turn marked "
                             f"train: false); rendered as:\n{item.text}")
@@ -321,6 +341,7 @@ class ChatProcessor(Processor):
         for i, row in enumerate(table.rows):
             item = self.render_example(row, shape, table.where(i))
             self.check_example(item)
+            report.empty_turns += len(item.empty_turns)
             ids, labels = item.input_ids, item.labels
             if i < self.audit_examples:
                 log.info("[audit] %s: %d tokens, %d supervised (between [[ ]]):\n%s", item.where, len(ids),

@@ -184,9 +184,15 @@ class ImageCollator:
 
     def image(self, item: dict) -> torch.Tensor:
         source = item["image"]
-        if isinstance(source, str):
-            source = open_image(source, "L" if self.channels == 1 else "RGB")
-        return self.transform(to_tensor(source, self.channels))
+        try:
+            if isinstance(source, str):
+                source = open_image(source, "L" if self.channels == 1 else "RGB")
+            return self.transform(to_tensor(source, self.channels))
+        except Exception as e:  # in a DataLoader worker: name the file, not only the worker
+            if not isinstance(item["image"], str):
+                raise
+            raise DataError(f"{item['image']}: could not be read while loading a batch ({type(e).__name__}: {e}); "
+                            "it was readable when the data was checked, so it changed or is unreadable now") from e
 
     def __call__(self, items: list[dict]) -> dict[str, torch.Tensor]:
         batch = {"pixel_values": torch.stack([self.image(item) for item in items])}

@@ -69,7 +69,7 @@ def file_format(path: Path) -> tuple[str, Any]:
 
 
 def _read_delimited(path: Path, opener, delimiter: str) -> Iterator[tuple[str, dict]]:
-    with opener(path, "rt", encoding="utf-8", newline="") as f:
+    with opener(path, "rt", encoding="utf-8-sig", newline="") as f:
         reader = csv.reader(f, delimiter=delimiter)
         header = next(reader, None)
         if header is None:
@@ -92,7 +92,7 @@ def _read_delimited(path: Path, opener, delimiter: str) -> Iterator[tuple[str, d
 
 
 def _read_jsonl(path: Path, opener) -> Iterator[tuple[str, dict]]:
-    with opener(path, "rt", encoding="utf-8") as f:
+    with opener(path, "rt", encoding="utf-8-sig") as f:
         for number, line in enumerate(f, start=1):
             if not line.strip():
                 continue
@@ -106,7 +106,7 @@ def _read_jsonl(path: Path, opener) -> Iterator[tuple[str, dict]]:
 
 
 def _read_json(path: Path, opener) -> Iterator[tuple[str, dict]]:
-    with opener(path, "rt", encoding="utf-8") as f:
+    with opener(path, "rt", encoding="utf-8-sig") as f:
         try:
             data = json.load(f)
         except json.JSONDecodeError as e:
@@ -132,6 +132,25 @@ def _read_parquet(path: Path) -> Iterator[tuple[str, dict]]:
         yield f"{path} row {number}", record
 
 
+def decode_error(path: Path, opener, error: UnicodeDecodeError) -> DataError:
+    """A DataError naming the file, line and byte of the first text that is not UTF-8."""
+    line_number, column = None, None
+    try:
+        with opener(path, "rb") as f:
+            for number, raw in enumerate(f, start=1):
+                try:
+                    raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    line_number, column, bad = number, e.start + 1, raw[e.start:e.start + 1]
+                    break
+    except OSError:
+        pass
+    where = f"{path}:{line_number}" if line_number else str(path)
+    at = f" (byte 0x{bad.hex()} at column {column})" if line_number else f" ({error.reason})"
+    return DataError(f"{where}: not valid UTF-8 text{at}; save the file as UTF-8 (for example "
+                     f"`iconv -f latin1 -t utf-8 {path.name} > utf8-{path.name}`)")
+
+
 def read_table(path: str | Path, key: str = "data file") -> Table:
     """All records of one file; `key` is the config key that named it, for error messages."""
     path = Path(path)
@@ -151,11 +170,14 @@ def read_table(path: str | Path, key: str = "data file") -> Table:
     else:
         records = _read_parquet(path)
     rows, locations, columns = [], [], {}
-    for location, record in records:
-        locations.append(location)
-        rows.append(record)
-        for column in record:
-            columns.setdefault(column, None)
+    try:
+        for location, record in records:
+            locations.append(location)
+            rows.append(record)
+            for column in record:
+                columns.setdefault(column, None)
+    except UnicodeDecodeError as error:
+        raise decode_error(path, opener, error) from None
     if not rows:
         raise DataError(f"{key}: {path} holds no records")
     return Table(str(path), rows, locations, list(columns))

@@ -42,7 +42,7 @@ def efficientnet_pytorch_to_timm(state: dict[str, torch.Tensor], model: nn.Modul
         if block:
             index, layer, rest = int(block.group(1)), block.group(2), block.group(3)
             if index >= len(positions):
-                raise ValueError(f"{key}: block {index}, but the timm model has {len(positions)} blocks")
+                raise ConfigError(f"{key}: block {index}, but the timm model has {len(positions)} blocks")
             names = inverted if index in expands else separable
             renamed[f"{positions[index]}.{names[layer]}.{rest}"] = value
         else:
@@ -269,5 +269,5 @@ def layer_decay_groups(module: nn.Module, layer_decay: float, head_lr: Optional[
             group["weight_decay"] = 0.0
         group["params"].append(param)
     if not groups:
-        raise ValueError("no trainable parameters: is the whole model frozen?")
+        raise ConfigError("no trainable parameters: is the whole model frozen?")
     return list(groups.values())

@@ -25,6 +25,7 @@ class ChatDataOptions:
     truncation: Literal["keep_start", "drop", "error"] = option("keep_start", "what to do with examples over max_length")
     packing: bool = option(False, "pack training examples into rows of max_length (no attention across examples)")
     audit_examples: int = option(2, "rendered examples per split printed with supervised spans marked", min=0)
+    allow_empty_turns: bool = option(False, "keep assistant turns with empty content (counted in the audit)")
 
 
 @dataclass
