@@ -63,9 +63,9 @@ def test_missing_files_are_one_line(tiny_model_dir, tmp_path):
     assert_user_error(launch("eval.py", [], tmp_path), "ckpt_path: no value given")
 
 
-def test_config_error_in_a_constructor_is_one_line(tiny_model_dir, sentiment_csv, tmp_path):
+def test_a_refused_setting_is_one_line(tiny_model_dir, sentiment_csv, tmp_path):
     result = launch("train.py", tiny_overrides(tiny_model_dir, sentiment_csv, ["model.pooling=bogus"]), tmp_path)
-    assert_user_error(result, "model.pooling='bogus' is not one of")
+    assert_user_error(result, "model.pooling='bogus': expected 'cls' or 'mean'")
 
 
 def test_full_trace_on_request(tiny_model_dir, bad_csv, tmp_path):

@@ -80,7 +80,7 @@ def test_failing_job_does_not_stop_grid_sweep(tiny_model_dir, sentiment_csv, tmp
     assert [r["status"] for r in rows] == ["ok", "ok", "failed"]
     failed = rows[-1]
     assert failed["job"] == "1" and "model.pooling=bogus" in failed["overrides"]
-    assert failed["error"].startswith("model.pooling='bogus' is not one of")  # the one-line message a run prints
+    assert failed["error"].startswith("model.pooling='bogus': expected 'cls' or 'mean'")  # the one-line message a run prints
     assert failed["val/acc"] == "" and float(failed["objective"]) == float("-inf")
     assert (sweep / "1" / "error.json").is_file() and not (sweep / "1" / "metrics.json").exists()
     assert all((sweep / r["job"] / "metrics.json").is_file() for r in rows[:2])

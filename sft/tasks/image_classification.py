@@ -37,7 +37,7 @@ class ImageHeadOptions:
 class ImageClassification(Task):
     name = "image_classification"
     modality = "image"
-    monitor = ("val/acc", "max")
+    monitor = ("val/loss", "min")
     DataOptions = ImageDataOptions
     HeadOptions = ImageHeadOptions
     needs_tokenizer = False
