@@ -43,6 +43,9 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     overrides = list(sys.argv[1:] if argv is None else argv)
+    from sft.config import register_resolvers
+
+    register_resolvers()
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
         cfg = compose(config_name="train", overrides=overrides)
     try:

@@ -24,8 +24,6 @@ from sft.callbacks.run_state import RNGState, RunRecord
 from sft.config import check_config, register_resolvers
 from sft.tasks import get_task
 
-register_resolvers()
-
 log = logging.getLogger("sft")
 
 
@@ -132,6 +130,7 @@ def train(cfg: DictConfig, extra_callbacks: Optional[list] = None) -> dict[str, 
     """Fit, then test the best checkpoint. Returns the final metrics, as also written to metrics.json.
     `extra_callbacks` join those of the config (for use from Python). With `resume=RUN_DIR`, the
     run continues in RUN_DIR with its saved config from checkpoints/last.ckpt."""
+    register_resolvers()  # for configs composed outside the entry points (tests, notebooks)
     if cfg.get("resume"):
         cfg = runs.resume_config(cfg)
     apply_extras(cfg)
@@ -216,6 +215,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     writing predictions and an export folder."""
     from sft.data.datamodule import SFTDataModule
 
+    register_resolvers()
     apply_extras(cfg)
     run_dir = output_dir(cfg)
     from sft.errors import CheckpointError
@@ -308,6 +308,7 @@ def _run(fn, cfg: DictConfig) -> Optional[float]:
 
 
 def train_main() -> None:
+    register_resolvers()
     import sys
 
     from sft.errors import main, task
@@ -317,6 +318,7 @@ def train_main() -> None:
 
 
 def eval_main() -> None:
+    register_resolvers()
     from sft.errors import main, task
 
     main(hydra.main(version_base="1.3", config_path=config_dir(), config_name="eval")(task(lambda cfg: _run(evaluate, cfg))))

@@ -13,6 +13,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
 from sft.cli import config_dir
+from sft.config import register_resolvers
 
 POSITIVE = ["great", "superb", "moving", "brilliant", "charming", "delightful", "gripping", "wonderful"]
 NEGATIVE = ["dull", "awful", "tedious", "clumsy", "boring", "lifeless", "messy", "dreadful"]
@@ -84,6 +85,7 @@ def tiny_overrides(model_dir: str, train_file: Path, extra: list[str] | None = N
 
 def compose_config(name: str, overrides: list[str], output_dir: Path) -> DictConfig:
     """Compose a config as Hydra would for a run writing into `output_dir`."""
+    register_resolvers()
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
         cfg = compose(config_name=name, overrides=overrides, return_hydra_config=True)

@@ -171,3 +171,15 @@ def test_model_settings_match_the_module_signature():
     parameters = set(inspect.signature(SFTModule.__init__).parameters)
     parameters -= {"self", "task", "label_names", "optimizer", "scheduler", "load_weights", "head_options"}
     assert parameters == set(ModelSettings.__dataclass_fields__)
+
+
+def test_importing_sft_registers_no_resolvers():
+    """Resolvers are registered by sft.config.register_resolvers (the entry points and train() call
+    it), not as a side effect of an import."""
+    import subprocess
+    import sys
+
+    code = ("import sft.cli, sft.data, sft.models, sft.tasks; from omegaconf import OmegaConf; "
+            "from sft.config import register_resolvers; assert not OmegaConf.has_resolver('task_monitor'); "
+            "register_resolvers(); assert OmegaConf.has_resolver('task_monitor')")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
