@@ -78,9 +78,6 @@ class ModelSettings:
     compile: Union[bool, dict] = option(False, "torch.compile the backbone: true, or torch.compile options")
 
 
-RUN_KEYS = set(RunSettings.__dataclass_fields__)
-
-
 def _plain(node) -> dict:
     return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else dict(node or {})
 
@@ -90,7 +87,7 @@ def check_config(cfg: DictConfig) -> None:
     from sft.data.datamodule import check_data_settings
     from sft.tasks import check_task_model, get_task
 
-    run = {k: cfg[k] for k in RUN_KEYS if k in cfg}
+    run = {k: cfg[k] for k in RunSettings.__dataclass_fields__ if k in cfg}  # in declaration order
     try:
         check_options(RunSettings, run, "config", "train.yaml")
     except ConfigError as error:  # top-level keys are typed without a prefix
