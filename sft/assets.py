@@ -444,9 +444,9 @@ def split_file(name: str, split: str) -> Optional[Path]:
     return fetch(name).parent / relative
 
 
-def resolve_pretrained(name_or_path: str) -> str:
+def resolve_pretrained(name_or_path: str, key: str = "model.pretrained") -> str:
     """A catalog name becomes its cached folder; a local path (which wins over a catalog name) or a
-    hub id passes through."""
+    hub id passes through. Anything else ends here with one error naming it (check_hub_model)."""
     if name_or_path in CATALOG and not Path(name_or_path).exists():
         if CATALOG[name_or_path].kind != "model":
             raise AssetError(f"Catalog asset {name_or_path!r} is a data set, not a model")
@@ -454,7 +454,105 @@ def resolve_pretrained(name_or_path: str) -> str:
     if name_or_path.startswith(("/", "./", "../", "~")) and not Path(name_or_path).expanduser().exists():
         raise AssetError(f"model.pretrained={name_or_path}: no such folder ({Path(name_or_path).expanduser().absolute()}); "
                          "give a folder written by save_pretrained, a hub id or a catalog name")
+    if isinstance(name_or_path, str) and not Path(name_or_path).expanduser().exists():
+        check_hub_model(name_or_path, key)
     return name_or_path
+
+
+# -- a name that is neither in the catalog nor a local folder: a hub id, checked quickly -----------------
+HUB_CHECK_SECONDS = 5.0  # the most a hub look-up may take before the hub counts as unreachable
+_hub_models_seen: set[str] = set()
+
+
+def _looks_local(name: str) -> bool:
+    """A path rather than a hub id (`org/name` or `name`): starts like a path or has more than one part."""
+    return (name.startswith(("/", "./", "../", "~", ".\\")) or "\\" in name or name.endswith("/")
+            or name.count("/") > 1 or Path(name).suffix in (".ckpt", ".pt", ".pth", ".bin", ".safetensors", ".gguf"))
+
+
+def _hub_cached(name: str) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(name, "config.json"), str)
+    except Exception:  # noqa: BLE001 - an id the cache cannot even name is not cached
+        return False
+
+
+def _hub_offline() -> bool:
+    for variable in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        if os.environ.get(variable, "").strip().upper() in ("1", "ON", "YES", "TRUE"):
+            return True
+    return False
+
+
+def _ask_hub(name: str, seconds: float) -> Optional[str]:
+    """None if the hub has model `name`; otherwise why not, in words. Never waits more than `seconds`."""
+    import threading
+
+    outcome: list[Optional[str]] = []
+
+    def ask() -> None:
+        try:
+            from huggingface_hub import HfApi
+            from huggingface_hub.errors import GatedRepoError, HFValidationError, RepositoryNotFoundError
+
+            try:
+                HfApi().model_info(name, timeout=seconds)
+                outcome.append(None)
+            except GatedRepoError:
+                outcome.append(None)  # it exists; access is transformers' business
+            except RepositoryNotFoundError:
+                outcome.append("the Hugging Face hub has no model of that name (or it is private and no token is set)")
+            except HFValidationError as error:
+                outcome.append(f"it is not a valid hub id ({str(error).splitlines()[0]})")
+        except Exception as error:  # noqa: BLE001 - no route, DNS, proxy, TLS: the hub is unreachable
+            outcome.append(f"the Hugging Face hub could not be reached ({type(error).__name__}: "
+                           f"{str(error).splitlines()[0] if str(error) else 'no answer'})")
+
+    thread = threading.Thread(target=ask, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if not outcome:
+        return f"the Hugging Face hub did not answer within {seconds:.0f} s"
+    return outcome[0]
+
+
+def close_catalog_names(name: str, kind: str = "model") -> list[str]:
+    import difflib
+
+    names = [a.name for a in CATALOG.values() if a.kind == kind]
+    lowered = {n.lower(): n for n in names}
+    return [lowered[n] for n in difflib.get_close_matches(name.lower(), list(lowered), n=3, cutoff=0.4)]
+
+
+def check_hub_model(name: str, key: str = "model.pretrained") -> None:
+    """Raise one ConfigError, within HUB_CHECK_SECONDS, unless `name` is a model on the hub (or in its
+    local cache). Offline (HF_HUB_OFFLINE) or a path-like name: no network at all."""
+    if name in _hub_models_seen:
+        return
+    if _looks_local(name):
+        why = f"there is no such file or folder ({Path(name).expanduser().absolute()})"
+    elif _hub_cached(name):
+        _hub_models_seen.add(name)
+        return
+    elif _hub_offline():
+        why = "it is not in the local hub cache and the hub is off (HF_HUB_OFFLINE is set)"
+    else:
+        why = _ask_hub(name, HUB_CHECK_SECONDS)
+        if why is None:
+            _hub_models_seen.add(name)
+            return
+    from sft.tasks import ConfigError
+
+    close = close_catalog_names(name)
+    models = ", ".join(sorted(a.name for a in CATALOG.values() if a.kind == "model"))
+    raise ConfigError(
+        f"{key}={name}: not a catalog name, not a local folder, and not usable from the hub: {why}.\n"
+        + (f"  Catalog models with a close name: {', '.join(close)}\n" if close else "")
+        + f"  Catalog models (fetched from a package registry, no hub needed): {models}\n"
+        f"  Your own weights: {key}=/path/to/folder, the folder that save_pretrained wrote "
+        "(config.json, the weights and the tokenizer files)")
 
 
 def describe() -> str:

@@ -76,6 +76,7 @@ class ModelSettings:
     lora: Optional[dict] = option(None, "LoRA settings (model/peft=lora)")
     channels_last: bool = option(False, "channels-last memory format (images)")
     compile: Union[bool, dict] = option(False, "torch.compile the backbone: true, or torch.compile options")
+    recipe: Optional[dict] = option(None, "the optimizer recipe of this backbone family (lr, weight_decay), read by optimizer=adamw")
 
 
 def _plain(node) -> dict:

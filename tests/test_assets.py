@@ -220,9 +220,10 @@ def test_dataset_with_prepare(cache, monkeypatch, tiny_model_dir):
     assert dm.tables()["train"].path == str(path)
 
 
-def test_resolve_pretrained(cache, fake_model, tmp_path):
+def test_resolve_pretrained(cache, fake_model, tmp_path, monkeypatch):
     folder = tmp_path / "my-model"
     folder.mkdir()
+    monkeypatch.setattr("sft.assets._ask_hub", lambda name, seconds: None)  # the hub knows every id here
     assert resolve_pretrained(str(folder)) == str(folder)
     assert resolve_pretrained("org/model") == "org/model"
     assert resolve_pretrained("bert-base-uncased") == "bert-base-uncased"  # not a catalog name: the hub's

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
+import os
 import random
 from typing import Any, Optional
 
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from sft.errors import UserError
 from sft.tasks import ConfigError
@@ -61,7 +62,7 @@ class NonFiniteLossGuard(Callback):
     """Checks each optimizer step for a NaN/inf training loss or gradients.
 
     action="stop": raise NonFiniteLossError naming the global step, epoch and batch; no update is
-    applied, and the checkpoints already on disk (last.ckpt, best.ckpt) are kept as they are.
+    applied, so the last.ckpt then written (LastCheckpoint) holds the state before that step.
     action="skip": drop that step's gradients (no update), count it, warn, and go on.
     The check runs on gradients after they are synced, so every DDP rank decides the same way.
     """
@@ -104,7 +105,7 @@ class NonFiniteLossGuard(Callback):
                  f"of the epoch)")
         if self.action == "stop":
             raise NonFiniteLossError(
-                f"{what} {where}. Stopped without applying this update; the last good checkpoint is kept. "
+                f"{what} {where}. Stopped without applying this update; last.ckpt holds the state before it. "
                 "Lower optimizer.lr, check the data of that batch, or set callbacks.nonfinite_guard.action=skip.")
         for p in pl_module.parameters():
             p.grad = None
@@ -150,3 +151,124 @@ class PeriodicCheckpoint(Callback):
             return
         self._last_saved_step = step
         trainer.save_checkpoint(f"{self.dirpath}/{self.filename}")
+
+
+class LastCheckpoint(ModelCheckpoint):
+    """`checkpoints/last.ckpt`: the latest state of the run, for resuming and for extending it.
+
+    Lightning's ModelCheckpoint writes it at every validation; this also writes it whenever fitting
+    ends without one at the final step: the run finished (`max_steps`, `max_epochs`, early stopping)
+    since its last validation, it got SIGTERM or Ctrl-C (Lightning stops after the current batch),
+    or it failed with an exception (the state after the last completed optimizer step). So a run
+    that ends always leaves its weights, and `resume=RUN_DIR trainer.max_steps=MORE` can extend it.
+
+    When fitting finished but no validation ever ran, the best checkpoint (the ModelCheckpoint with
+    a `monitor` writing into the same folder) falls back to this state: `best.ckpt` is made a copy
+    of `last.ckpt` (a hard link where the file system allows), and the log says so.
+    """
+
+    def __init__(self, dirpath: str, filename: str = "last", monitor: Optional[str] = None, save_top_k: int = 1,
+                 enable_version_counter: bool = False, save_on_end: bool = True, best_fallback: bool = True,
+                 **kwargs):
+        super().__init__(dirpath=dirpath, filename=filename, monitor=monitor, save_top_k=save_top_k,
+                         enable_version_counter=enable_version_counter, **kwargs)
+        self.save_on_end = save_on_end
+        self.best_fallback = best_fallback
+
+    def _last_path(self) -> str:
+        return os.path.join(self.dirpath, self.filename + self.FILE_EXTENSION)
+
+    def _saved_at(self, trainer: L.Trainer) -> bool:
+        """Whether last.ckpt already holds this global step (written by this callback or by PeriodicCheckpoint)."""
+        if self._last_global_step_saved == trainer.global_step:
+            return True
+        last = os.path.abspath(self._last_path())
+        return any(isinstance(cb, PeriodicCheckpoint) and cb._last_saved_step == trainer.global_step
+                   and os.path.abspath(os.path.join(cb.dirpath, cb.filename)) == last for cb in trainer.callbacks)
+
+    def _save_final(self, trainer: L.Trainer, why: str) -> None:
+        path = self._last_path()
+        self._save_checkpoint(trainer, path)
+        self.best_model_path = path
+        log.info("Saved the state at global step %d (%s) to %s", trainer.global_step, why, path)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        # The last step of a `max_steps` run, usually mid-epoch: saved here, where the loops' state is
+        # that of a step in the epoch (a resume continues the epoch), not after Lightning has closed it.
+        # A validation that follows at this step saves last.ckpt itself, after it.
+        max_steps = trainer.max_steps
+        if (not self.save_on_end or max_steps is None or max_steps < 0 or trainer.global_step < max_steps
+                or trainer.fast_dev_run or trainer.sanity_checking or self._saved_at(trainer)
+                or self._validates_now(trainer)):
+            return
+        self._save_final(trainer, "trainer.max_steps reached")
+
+    @staticmethod
+    def _validates_now(trainer: L.Trainer) -> bool:
+        """Whether Lightning runs validation right after this training batch (its own rule)."""
+        loop = trainer.fit_loop.epoch_loop
+        try:
+            return bool(loop._should_check_val_fx(trainer.fit_loop._data_fetcher))
+        except Exception:  # noqa: BLE001 - a Lightning without this method: save now, validation saves again
+            return False
+
+    def on_train_end(self, trainer: L.Trainer, pl_module) -> None:
+        super().on_train_end(trainer, pl_module)
+        if not self.save_on_end or trainer.fast_dev_run or trainer.global_step == 0:
+            return
+        if not self._saved_at(trainer):
+            self._save_final(trainer, "end of training")
+        if self.best_fallback:
+            self._best_falls_back(trainer)
+
+    def on_exception(self, trainer: L.Trainer, pl_module, exception: BaseException) -> None:
+        from lightning.pytorch.trainer.states import TrainerFn
+        from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+        if (not self.save_on_end or trainer.state.fn != TrainerFn.FITTING or trainer.fast_dev_run
+                or trainer.sanity_checking or trainer.global_step == 0 or self._saved_at(trainer)):
+            return
+        stopped = isinstance(exception, (SIGTERMException, KeyboardInterrupt))
+        if trainer.world_size > 1 and not isinstance(exception, SIGTERMException):
+            # Saving synchronises all processes; after a failure in only some of them it would hang.
+            log.warning("Not saving last.ckpt after %s: with %d processes only SIGTERM stops all of them together",
+                        type(exception).__name__, trainer.world_size)
+            return
+        try:
+            self._save_final(trainer, "stopped by a signal" if stopped else f"run failed: {type(exception).__name__}")
+        except Exception as error:  # noqa: BLE001 - the original exception is what the user must see
+            log.warning("Could not save last.ckpt after %s: %s", type(exception).__name__, error)
+
+    def _best_falls_back(self, trainer: L.Trainer) -> None:
+        """No validation ran (no best.ckpt was chosen): best.ckpt becomes the final state, said in the log."""
+        last = self._last_path()
+        if not trainer.is_global_zero or not os.path.isfile(last):
+            return
+        for cb in trainer.checkpoint_callbacks:
+            if cb is self or not isinstance(cb, ModelCheckpoint) or not cb.monitor or cb.best_model_path:
+                continue
+            if cb.dirpath is None or os.path.abspath(cb.dirpath) != os.path.abspath(self.dirpath):
+                continue
+            best = os.path.join(cb.dirpath, (cb.filename or "best") + cb.FILE_EXTENSION)
+            _link_or_copy(last, best)
+            cb.best_model_path = best
+            log.warning("No validation ran, so %s was never measured: %s is the final state (a copy of %s)",
+                        cb.monitor, best, os.path.basename(last))
+
+
+def _link_or_copy(source: str, target: str) -> None:
+    """`target` becomes the same file as `source`, replaced atomically (a hard link, or a copy where
+    links are not allowed). last.ckpt is later replaced by renaming, so the link never changes with it."""
+    import shutil
+    import tempfile
+
+    folder = os.path.dirname(os.path.abspath(target))
+    handle, temporary = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(target)}.", suffix=".tmp")
+    os.close(handle)
+    os.remove(temporary)
+    try:
+        os.link(source, temporary)
+    except OSError:
+        shutil.copyfile(source, temporary)
+    os.replace(temporary, target)

@@ -37,6 +37,7 @@ class SFTModule(L.LightningModule):
         layer_decay: Optional[float] = None,
         channels_last: bool = False,
         compile: bool | dict = False,
+        recipe: Optional[dict] = None,  # the model group's optimizer recipe (read by conf/optimizer/), not used here
         **head_options,
     ):
         super().__init__()
@@ -48,7 +49,7 @@ class SFTModule(L.LightningModule):
         # Plain lists and dicts (not OmegaConf containers), so checkpoints load with weights_only.
         backbone_options = plain(backbone_options) if backbone_options is not None else None
         head_options = {key: plain(value) for key, value in head_options.items()}
-        self.save_hyperparameters(ignore=["optimizer", "scheduler", "load_weights"], logger=False)
+        self.save_hyperparameters(ignore=["optimizer", "scheduler", "load_weights", "recipe"], logger=False)
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.label_names = label_names
