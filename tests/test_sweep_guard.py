@@ -11,7 +11,7 @@ import pytest
 from omegaconf import OmegaConf, open_dict
 
 from sft.sweep import never_validates, refuse_hopeless_sweep, write_summary
-from tests.conftest import compose_config, tiny_overrides
+from tests.conftest import tiny_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 
