@@ -329,3 +329,33 @@ def test_chinese_chat_records_render_in_the_audit(tiny_llama_dir, tmp_path, capl
     assert any("这个东西是" in a and "它是什么颜色？" in a and "[[" in a for a in audits), audits
     report = json.loads((tmp_path / "run" / "data_report.json").read_text(encoding="utf-8"))
     assert report["train"]["unknown_tokens"]["byte_level"] and report["train"]["unknown_tokens"]["unknown_tokens"] == 0
+
+
+def test_chinese_labels_in_tensorboard_predictions_and_export(tiny_cjk_dir, reviews_csv, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from sft.cli import evaluate
+    from sft.export import Predictor
+
+    cfg = task_cfg("text_classification", tiny_cjk_dir, reviews_csv, tmp_path / "run",
+                   ["data.text_column=评论", "data.label_column=情感", "logger=tensorboard"])
+    metrics = train(cfg)
+    assert {"test/f1_正面", "test/f1_负面"} <= set(metrics)
+    events = sorted((tmp_path / "run").rglob("events.out.tfevents.*"))
+    tags = set()
+    for path in events:
+        accumulator = EventAccumulator(str(path))
+        accumulator.Reload()
+        tags |= set(accumulator.Tags()["scalars"])
+    assert {"test/f1_正面", "test/f1_负面"} <= tags, tags
+
+    predictions = tmp_path / "predictions.jsonl"
+    evaluate(compose_config("eval", [f"ckpt_path={tmp_path / 'run' / 'checkpoints' / 'best.ckpt'}", "trainer.accelerator=cpu",
+                                     f"predictions_file={predictions}", f"export_dir={tmp_path / 'export'}",
+                                     "extras.print_config=false", "logger=none"], tmp_path / "eval"))
+    text = predictions.read_text(encoding="utf-8")
+    rows = [json.loads(line) for line in text.splitlines()]
+    assert "正面" in text and set(rows[0]["probabilities"]) == {"正面", "负面"} and rows[0]["label"] in {"正面", "负面"}
+    answers = Predictor.load(tmp_path / "export").predict([r["text"] for r in rows])
+    assert [a["label"] for a in answers] == [r["prediction"] for r in rows]
+    assert set(answers[0]["probabilities"]) == {"正面", "负面"}
