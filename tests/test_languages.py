@@ -157,6 +157,16 @@ def test_command_line_and_sweep_with_non_ascii_columns_and_labels(tiny_cjk_dir, 
     assert "test/f1_négatif" in (sweep / "summary.csv").read_text(encoding="utf-8")
 
 
+@pytest.mark.slow
+def test_an_uncovering_tokenizer_ends_the_command_with_one_line(tiny_model_dir, reviews_csv, tmp_path):
+    result = run_train(["data=text_classification", f"data.train_file={reviews_csv}", f"model.pretrained={tiny_model_dir}",
+                        f"paths.log_dir={tmp_path}", "data.text_column=评论", "data.label_column=情感", *quick()],
+                       cwd=tmp_path, expect=2)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "does not cover the data's script" in errors[0], result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+
+
 # -- 2. tokenizer coverage ---------------------------------------------------------------------------
 def reviews_module(tokenizer: str, train_file: Path, **settings) -> SFTDataModule:
     return SFTDataModule(task="text_classification", tokenizer=tokenizer, train_file=str(train_file), text_column="评论",
