@@ -82,7 +82,7 @@ def _floats(metrics: dict) -> dict[str, float]:
 
 @rank_zero_only
 def write_metrics(path: Path, metrics: dict[str, float]) -> None:
-    path.write_text(json.dumps(dict(sorted(metrics.items())), indent=2) + "\n")
+    path.write_text(json.dumps(dict(sorted(metrics.items())), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 def _hparam_value(value: Any):
@@ -165,7 +165,7 @@ def train(cfg: DictConfig, extra_callbacks: Optional[list] = None) -> dict[str, 
         **checkpoint_plugins(cfg),
     )
     if trainer.is_global_zero:
-        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(config))
+        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(config), encoding="utf-8")
         runs.append_run_record(run_dir, record)
 
     metrics: dict[str, float] = {}
@@ -180,8 +180,14 @@ def train(cfg: DictConfig, extra_callbacks: Optional[list] = None) -> dict[str, 
         metrics.update(_floats(trainer.callback_metrics))
     write_metrics(run_dir / "metrics.json", metrics)
     log_hparams_with_metrics(trainer, cfg, metrics)
-    report_run(run_dir, metrics, best, datamodule.report)
+    report_run(run_dir, metrics, best, data_report(datamodule, module))
     return metrics
+
+
+def data_report(datamodule, module) -> dict:
+    """The data module's per-split report, plus which metric key carries each label's name."""
+    keys = module.head.label_keys()
+    return {**datamodule.report, **({"metric_keys": keys} if keys else {})}
 
 
 def model_input_spec(model_cfg, task) -> dict:
@@ -198,7 +204,8 @@ def model_input_spec(model_cfg, task) -> dict:
 @rank_zero_only
 def report_run(run_dir: Path, metrics: dict[str, float], best: str, data_report: dict) -> None:
     if data_report:
-        (run_dir / "data_report.json").write_text(json.dumps(data_report, indent=2) + "\n")
+        (run_dir / "data_report.json").write_text(json.dumps(data_report, indent=2, ensure_ascii=False) + "\n",
+                                                  encoding="utf-8")
     width = max((len(k) for k in metrics), default=0)
     lines = ["", "Final metrics:"] + [f"  {k:<{width}}  {v:.4f}" for k, v in sorted(metrics.items())]
     lines += [
@@ -252,7 +259,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("export_dir"):
         module.task.export(module, datamodule, Path(cfg.export_dir))
         log.info("Exported model to %s", cfg.export_dir)
-    report_run(run_dir, metrics, str(ckpt_path), datamodule.report)
+    report_run(run_dir, metrics, str(ckpt_path), data_report(datamodule, module))
     return metrics
 
 
@@ -312,13 +319,18 @@ def train_main() -> None:
     import sys
 
     from sft.errors import main, task
+    from sft.overrides import quote_non_ascii
 
-    sys.argv = runs.resume_argv(sys.argv)
+    sys.argv = quote_non_ascii(runs.resume_argv(sys.argv))  # non-ASCII values work as typed (Hydra needs them quoted)
     main(hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")(task(lambda cfg: _run(train, cfg))))
 
 
 def eval_main() -> None:
     register_resolvers()
-    from sft.errors import main, task
+    import sys
 
+    from sft.errors import main, task
+    from sft.overrides import quote_non_ascii
+
+    sys.argv = quote_non_ascii(sys.argv)
     main(hydra.main(version_base="1.3", config_path=config_dir(), config_name="eval")(task(lambda cfg: _run(evaluate, cfg))))

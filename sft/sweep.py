@@ -228,7 +228,7 @@ def _job_rows(sweep_dir: Path) -> list[dict[str, Any]]:
             row["status"] = "failed"
             row["error"] = json.loads((job_dir / ERROR_FILE).read_text())["error"]
         elif (job_dir / "metrics.json").is_file():
-            row["metrics"] = json.loads((job_dir / "metrics.json").read_text())
+            row["metrics"] = json.loads((job_dir / "metrics.json").read_text(encoding="utf-8"))
         else:
             row["status"] = "failed"
             row["error"] = "the job left no metrics.json (killed, or stopped before the end)"
@@ -256,7 +256,7 @@ def write_summary(sweep_dir: Path, metric: Optional[str], mode: str) -> list[dic
     metric_names = sorted({k for r in rows for k in r.get("metrics", {})})
     # `objective`: the optimized metric as the sweep ranks it (worst possible for a failed job).
     header = ["rank", "job", "status", "objective", "overrides", *metric_names, "error", "run_dir"]
-    with open(sweep_dir / "summary.csv", "w", newline="") as f:
+    with open(sweep_dir / "summary.csv", "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(header)
         for rank, row in enumerate(rows, start=1):

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from sft.data.coverage import UnknownTokens, count_unknown
 from sft.data.processor import Processor
 from sft.data.sources import Table
 from sft.errors import ConfigError, DataError
@@ -55,6 +56,7 @@ class ChatReport:
     dropped_unsupervised: int = 0  # examples that kept no supervised token after truncation
     empty_turns: int = 0          # empty assistant turns kept (data.allow_empty_turns=true)
     format: str = ""
+    unknown: UnknownTokens = field(default_factory=UnknownTokens)  # unknown tokens of the kept examples
 
     def as_dict(self) -> dict:
         kept = self.records - self.dropped_too_long - self.dropped_unsupervised
@@ -63,7 +65,7 @@ class ChatReport:
                 "mean_tokens": round(self.tokens / max(kept, 1), 1),
                 "truncated": self.truncated, "truncated_tokens": self.truncated_tokens,
                 "dropped_too_long": self.dropped_too_long, "dropped_unsupervised": self.dropped_unsupervised,
-                "empty_turns": self.empty_turns}
+                "empty_turns": self.empty_turns, "unknown_tokens": self.unknown.as_dict()}
 
 
 @dataclass
@@ -365,6 +367,7 @@ class ChatProcessor(Processor):
             examples.append({"input_ids": ids, "labels": labels})
         if not examples:
             raise DataError(f"{table.path}: no example kept a supervised token (see data_report: {report.as_dict()})")
+        report.unknown = count_unknown(self.tokenizer, (example["input_ids"] for example in examples))
         return examples, report
 
     def audit_cached(self, table: Table) -> None:

@@ -10,11 +10,11 @@ from typing import Any, Optional
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from torch.utils.data import DataLoader, Dataset
 
 from sft import assets
-from sft.data import encode_cache
+from sft.data import coverage, encode_cache
 from sft.data.processor import Processor
 from sft.data.samplers import ResumableSampler
 from sft.data.settings import DataSettings
@@ -223,11 +223,21 @@ class SFTDataModule(L.LightningDataModule):
             examples = self.processor.arrange(split, examples)  # e.g. packing of training rows
             self._encoded[split] = EncodedDataset(examples)
             self.report[split] = report.as_dict()
+            unknown = self.report[split].get("unknown_tokens")  # text tasks: the tokenizer's coverage
             if hasattr(report, "summary"):
                 rank_zero_info(f"[data] {split}: {report.summary()}")
             else:
                 rank_zero_info(f"[data] {split}: {report.records} records, mean {report.as_dict()['mean_tokens']} tokens, "
-                               f"{report.truncated} truncated to data.max_length={self.hparams.max_length}")
+                               f"{report.truncated} truncated to data.max_length={self.hparams.max_length}"
+                               + (f"; {coverage.summary(unknown)}" if unknown else ""))
+            if unknown:
+                warning, error = coverage.verdict(split, unknown, bool(self.hparams.get("allow_unknown_tokens")),
+                                                  stops=split != "test")
+                if error:
+                    del self._encoded[split]
+                    raise DataError(error)
+                if warning and rank_zero_only.rank == 0:
+                    log.warning("[data] %s", warning)
         return self._encoded[split]
 
     def setup(self, stage: Optional[str] = None) -> None:

@@ -21,7 +21,8 @@ from typing import Any, Optional
 
 FORMAT_VERSION = 1
 # Settings that change how batches are drawn, not what a split's encoded examples are.
-LOADER_ONLY = {"batch_size", "eval_batch_size", "num_workers", "pad_to_multiple_of", "group_by_length", "cache_encoded"}
+LOADER_ONLY = {"batch_size", "eval_batch_size", "num_workers", "pad_to_multiple_of", "group_by_length", "cache_encoded",
+               "allow_unknown_tokens"}
 
 
 def file_fingerprint(path: Optional[str]) -> Optional[list]:

@@ -31,5 +31,6 @@ class DataSettings:
     trust_remote_code: bool = option(False, "allow custom tokenizer code from the model folder")
     max_train_records: Optional[int] = option(None, "train on a seeded subset of this many records", min=1)
     cache_encoded: bool = option(True, "keep tokenized splits in $SFT_CACHE/encoded between runs")
+    allow_unknown_tokens: bool = option(False, "train on although over 20% of tokens are the tokenizer's unknown token")
     input_spec: Optional[dict] = option(None, "images: size, mean, std, ... the backbone expects (set from the model)")
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sft.data.collators import PaddingCollator
+from sft.data.coverage import UnknownTokens, count_unknown
 from sft.data.processor import Processor
 from sft.data.sources import DataError, Table
 
@@ -47,9 +48,11 @@ class EncodeReport:
     records: int = 0
     truncated: int = 0
     tokens: int = 0
+    unknown: UnknownTokens = field(default_factory=UnknownTokens)
 
     def as_dict(self) -> dict:
-        return {"records": self.records, "truncated": self.truncated, "mean_tokens": round(self.tokens / max(self.records, 1), 1)}
+        return {"records": self.records, "truncated": self.truncated, "mean_tokens": round(self.tokens / max(self.records, 1), 1),
+                "unknown_tokens": self.unknown.as_dict()}
 
 
 class TextClassificationProcessor(Processor):
@@ -126,4 +129,5 @@ class TextClassificationProcessor(Processor):
                 example["labels"] = label_id(table, i, self.label_column, index)
             report.tokens += len(example["input_ids"])
             examples.append(example)
+        report.unknown = count_unknown(self.tokenizer, (example["input_ids"] for example in examples))
         return examples, report

@@ -9,12 +9,13 @@ context on both sides, so every word gets exactly one tag and none is lost to tr
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
 
 from sft.data.collators import PaddingCollator
+from sft.data.coverage import UnknownTokens, count_unknown
 from sft.data.processor import Processor
 from sft.data.sources import Table
 from sft.errors import ConfigError, DataError
@@ -32,11 +33,13 @@ class TokenEncodeReport:
     split_sentences: int = 0
     words: int = 0
     unknown_words: int = 0  # words the tokenizer turned into nothing, fed as its unknown token
+    unknown: UnknownTokens = field(default_factory=UnknownTokens)  # unknown tokens over the windows
 
     def as_dict(self) -> dict:
         return {"records": self.records, "words": self.words, "windows": self.windows,
                 "split_sentences": self.split_sentences, "truncated_words": self.truncated,
-                "unknown_words": self.unknown_words, "mean_tokens": round(self.tokens / max(self.windows, 1), 1)}
+                "unknown_words": self.unknown_words, "mean_tokens": round(self.tokens / max(self.windows, 1), 1),
+                "unknown_tokens": self.unknown.as_dict()}
 
 
 def plan_windows(counts: list[int], budget: int, stride: int) -> list[tuple[int, int]]:
@@ -249,6 +252,7 @@ class TokenClassificationProcessor(Processor):
                 example["word_labels"] = word_labels
             report.tokens += len(example["input_ids"])
             examples.append(example)
+        report.unknown = count_unknown(self.tokenizer, (example["input_ids"] for example in examples))
         return examples, report
 
     def _continuation(self, tag_id: int) -> int:

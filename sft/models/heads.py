@@ -7,7 +7,6 @@ subclasses `Head`.
 
 from __future__ import annotations
 
-import re
 from typing import Any, Optional, Sequence
 
 import torch
@@ -15,6 +14,7 @@ import torch.nn as nn
 from torchmetrics import MetricCollection
 
 from sft.errors import ConfigError
+from sft.labels import metric_key, metric_keys
 
 POOLINGS = ("cls", "mean")
 
@@ -52,6 +52,11 @@ class Head(nn.Module):
         """Scalars to log from the computed metrics (a vector metric becomes one name per label)."""
         return values
 
+    def label_keys(self) -> dict[str, str]:
+        """Each name that metric keys carry (labels, entity types) -> its part of the key, for
+        data_report.json; empty for heads without per-label metrics."""
+        return {}
+
     def log_artifacts(self, values: dict[str, torch.Tensor], module) -> None:
         """Log what is not a scalar (e.g. a confusion matrix image)."""
 
@@ -69,11 +74,13 @@ def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> to
 
 
 def metric_suffix(label: str) -> str:
-    return re.sub(r"[^0-9A-Za-z_.-]+", "_", str(label))
+    """A label's part of a metric key: its name, with only `/`, whitespace and control characters
+    replaced (sft.labels). Use metric_keys for a whole label map: it keeps colliding names apart."""
+    return metric_key(label)
 
 
 def per_label_names(prefix: str, base: str, label_names: Sequence[str]) -> set[str]:
-    return {f"{prefix}{base}{metric_suffix(label)}" for label in label_names}
+    return {f"{prefix}{base}{key}" for key in metric_keys(label_names)}
 
 
 def flatten_per_label(values: dict[str, torch.Tensor], vector_suffix: str, label_names: Sequence[str],
@@ -86,7 +93,7 @@ def flatten_per_label(values: dict[str, torch.Tensor], vector_suffix: str, label
             continue
         if name.endswith(vector_suffix):
             base = name[: -len(vector_suffix)]
-            flat.update({f"{base}f1_{metric_suffix(label)}": value[i] for i, label in enumerate(label_names)})
+            flat.update({f"{base}f1_{key}": value[i] for i, key in enumerate(metric_keys(label_names))})
         else:
             flat[name] = value
     return flat

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix, MulticlassF1Score
 
+from sft.labels import key_map
 from sft.models.heads import Head, flatten_per_label, per_label_names, per_label_tensor
 
 log = logging.getLogger(__name__)
@@ -89,6 +90,9 @@ class ImageClassificationHead(Head):
                 if isinstance(logger, TensorBoardLogger):
                     logger.experiment.add_figure(f"{name}_matrix", confusion_figure(value.cpu(), self.label_names),
                                                  global_step=module.global_step)
+
+    def label_keys(self) -> dict[str, str]:
+        return key_map(self.label_names)
 
     def predict(self, logits: torch.Tensor) -> dict[str, torch.Tensor]:
         probabilities = logits.float().softmax(-1)

@@ -10,6 +10,7 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import MultilabelExactMatch, MultilabelF1Score
 
 from sft.errors import ConfigError
+from sft.labels import key_map
 from sft.models.heads import POOLINGS, Head, flatten_per_label, per_label_names, per_label_tensor, pool
 
 
@@ -55,6 +56,9 @@ class MultiLabelHead(Head):
 
     def flatten_metrics(self, values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return flatten_per_label(values, "f1_per_label", self.label_names)
+
+    def label_keys(self) -> dict[str, str]:
+        return key_map(self.label_names)
 
     def predict(self, logits: torch.Tensor) -> dict[str, torch.Tensor]:
         probabilities = logits.float().sigmoid()

@@ -11,7 +11,8 @@ from torchmetrics import MetricCollection
 from torchmetrics.regression import MeanAbsoluteError, MeanSquaredError, PearsonCorrCoef, SpearmanCorrCoef
 
 from sft.errors import ConfigError
-from sft.models.heads import POOLINGS, Head, metric_suffix, per_label_names, pool
+from sft.labels import key_map, metric_keys
+from sft.models.heads import POOLINGS, Head, per_label_names, pool
 
 LOSSES = ("mse", "huber")
 METRICS = ("mse", "rmse", "mae", "pearson", "spearman")
@@ -80,8 +81,11 @@ class RegressionHead(Head):
         for name, value in values.items():
             flat[name] = value.float().mean()
             if value.numel() > 1:
-                flat.update({f"{name}_{metric_suffix(label)}": value[i] for i, label in enumerate(self.label_names)})
+                flat.update({f"{name}_{key}": value[i] for i, key in enumerate(metric_keys(self.label_names))})
         return flat
+
+    def label_keys(self) -> dict[str, str]:
+        return key_map(self.label_names) if len(self.label_names) > 1 else {}
 
     def predict(self, outputs: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"prediction": self.values(outputs)}

@@ -9,7 +9,8 @@ import torch
 import torch.nn as nn
 from torchmetrics import Metric, MetricCollection
 
-from sft.models.heads import Head, metric_suffix, per_label_names, per_label_tensor
+from sft.labels import key_map
+from sft.models.heads import Head, per_label_names, per_label_tensor
 from sft.tagging import entity_scores, split_tag
 
 IGNORE = -100
@@ -79,8 +80,14 @@ class TokenClassificationHead(Head):
 
     def metric_names(self, prefix: str, final: bool = False) -> set[str]:
         names = {f"{prefix}{name}" for name in ("entity_precision", "entity_recall", "entity_f1", "token_acc")}
-        types = sorted({split_tag(t)[1] for t in self.label_names} - {None})
-        return names | per_label_names(prefix, "entity_f1_", types)
+        return names | per_label_names(prefix, "entity_f1_", self.entity_types)
+
+    @property
+    def entity_types(self) -> list[str]:
+        return sorted({split_tag(t)[1] for t in self.label_names} - {None})  # as EntityMetric orders them
+
+    def label_keys(self) -> dict[str, str]:
+        return key_map(self.entity_types)
 
     def loss_weight(self, logits: torch.Tensor, batch: dict) -> int:
         return int((batch["labels"] != IGNORE).sum())  # the loss is a mean over labelled subwords
@@ -92,10 +99,10 @@ class TokenClassificationHead(Head):
                        batch["word_labels"][owned])
 
     def flatten_metrics(self, values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        flat = {}
+        flat, keys = {}, self.label_keys()
         for name, value in values.items():
             base, per_type, kind = name.partition("entity_f1_")
-            flat[base + per_type + metric_suffix(kind) if per_type else name] = value
+            flat[base + per_type + keys.get(kind, kind) if per_type else name] = value
         return flat
 
     def predict(self, logits: torch.Tensor) -> dict[str, torch.Tensor]:
