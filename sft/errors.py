@@ -42,12 +42,16 @@ _USER_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
 
 
 def _chain(error: BaseException) -> Iterator[BaseException]:
-    """The error and its explicit causes (`raise ... from ...`), e.g. what hydra.utils.instantiate wrapped."""
+    """The error and its explicit causes (`raise ... from ...`), e.g. what hydra.utils.instantiate wrapped;
+    for OmegaConf's interpolation errors also the error a resolver raised (its implicit context)."""
+    from omegaconf.errors import InterpolationResolutionError
+
     seen = set()
     while error is not None and id(error) not in seen:
         seen.add(id(error))
         yield error
-        error = error.__cause__
+        wrapper = isinstance(error, InterpolationResolutionError) and error.__cause__ is None
+        error = error.__context__ if wrapper else error.__cause__
 
 
 def _one_line(text: str) -> str:

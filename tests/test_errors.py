@@ -93,3 +93,11 @@ def test_sweep_records_the_same_one_line_message(tiny_model_dir, sentiment_csv, 
         rows = list(csv.DictReader(f))
     assert [r["status"] for r in rows] == ["failed"]
     assert rows[0]["error"] == single
+
+
+def test_optuna_sweep_with_a_bad_direction_is_one_line(tmp_path):
+    """optimized_mode=maxx used to minimize silently; now the sweep stops before any trial."""
+    result = launch("train.py", ["-m", "hparams_search=optuna", "optimized_mode=maxx", f"paths.log_dir={tmp_path}"],
+                    tmp_path)
+    assert_user_error(result, "optimized_mode='maxx' must be max or min")
+    assert not list(tmp_path.rglob("metrics.json"))
