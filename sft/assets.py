@@ -452,7 +452,9 @@ def resolve_pretrained(name_or_path: str, key: str = "model.pretrained") -> str:
             raise AssetError(f"Catalog asset {name_or_path!r} is a data set, not a model")
         return str(fetch(name_or_path))
     if name_or_path.startswith(("/", "./", "../", "~")) and not Path(name_or_path).expanduser().exists():
-        raise AssetError(f"model.pretrained={name_or_path}: no such folder ({Path(name_or_path).expanduser().absolute()}); "
+        from sft.errors import ConfigError
+
+        raise ConfigError(f"model.pretrained={name_or_path}: no such file or folder ({Path(name_or_path).expanduser().absolute()}); "
                          "give a folder written by save_pretrained, a hub id or a catalog name")
     if isinstance(name_or_path, str) and not Path(name_or_path).expanduser().exists():
         check_hub_model(name_or_path, key)

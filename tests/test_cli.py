@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from omegaconf import OmegaConf
 from pathlib import Path
 
 from tests.conftest import tiny_overrides
@@ -32,9 +33,8 @@ def test_multirun_makes_one_run_directory_per_job(tiny_model_dir, sentiment_csv,
         metrics = json.loads((job / "metrics.json").read_text())
         assert "test/acc" in metrics
         assert (job / "checkpoints" / "best.ckpt").is_file() and (job / "checkpoints" / "last.ckpt").is_file()
-        config = (job / "config.yaml").read_text()
-        lrs.append(next(line for line in config.splitlines() if line.strip().startswith("lr:")).split(":")[1].strip())
-    assert lrs == ["0.001", "0.002"]
+        lrs.append(OmegaConf.load(job / "config.yaml").optimizer.lr)
+    assert lrs == [0.001, 0.002]
 
 
 def test_single_runs_never_share_a_directory(tiny_model_dir, sentiment_csv, tmp_path):
