@@ -21,6 +21,7 @@ import yaml
 
 from sft.cli import evaluate, train
 from tests.conftest import compose_config, tiny_overrides
+from tests.chat_fixtures import chat_jsonl, tiny_llama_dir  # noqa: F401
 from tests.test_images import timm_weights_file  # noqa: F401
 from tests.test_text_tasks import (make_tagged_sentence, task_overrides, tiny_tagger_dir,  # noqa: F401
                                    write_conll, write_multilabel_jsonl, write_regression_csv)
@@ -373,3 +374,42 @@ def test_hf_image_classifier(tmp_path):
     assert_close_rows(got["rows"], [r["probabilities"] for r in rows])
     assert_card(export, "transformers", "image-classification", ["blue", "green", "red"])
     assert_onnx_image(export, rows)
+
+
+# -- causal LM: merged LoRA and the adapter ----------------------------------------------------------------
+def test_causal_lm_pipeline_and_peft_adapter(tiny_llama_dir, chat_jsonl, tmp_path):  # noqa: F811
+    from tests.chat_fixtures import chat_overrides
+
+    train(compose_config("train", chat_overrides(tiny_llama_dir, chat_jsonl, [
+        "model/peft=lora", "model.lora.r=8", "model.lora.dropout=0.0", "trainer.max_epochs=3", "optimizer.lr=2e-2",
+        "logger=none"]), tmp_path / "run"))
+    rows, export, _ = eval_export(tmp_path / "run", tmp_path, ("max_new_tokens=8",))
+    records = chat_jsonl.read_text().splitlines()
+    conversations = [json.loads(records[int(r["source"].rsplit(":", 1)[1]) - 1])["messages"][:-1] for r in rows]
+    got = run_without_sft(f"""
+        from peft import PeftModel
+        from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
+        chat = pipeline("text-generation", model={str(export)!r})
+        answers = [chat(m, max_new_tokens=8, do_sample=False)[0]["generated_text"][-1]["content"]
+                   for m in {conversations!r}]
+        tokenizer = AutoTokenizer.from_pretrained({str(export / 'adapter')!r})
+        base = AutoModelForCausalLM.from_pretrained({tiny_llama_dir!r})
+        adapted = PeftModel.from_pretrained(base, {str(export / 'adapter')!r}).eval()
+        merged = AutoModelForCausalLM.from_pretrained({str(export)!r}).eval()
+        same = True
+        for m in {conversations[:5]!r}:
+            ids = tokenizer.apply_chat_template(m, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+            with torch.no_grad():
+                a = adapted.generate(**ids, max_new_tokens=8, do_sample=False, eos_token_id=merged.generation_config.eos_token_id)
+                b = merged.generate(**ids, max_new_tokens=8, do_sample=False)
+            same = same and a.tolist() == b.tolist()
+        emit({{"answers": answers, "adapter_equals_merged": same, "eos": merged.generation_config.eos_token_id,
+              "im_end": tokenizer.convert_tokens_to_ids("<|im_end|>")}})
+    """, tmp_path)
+    assert got["eos"] == got["im_end"]  # generation stops at the end-of-turn token
+    assert got["adapter_equals_merged"]
+    assert [a.strip() for a in got["answers"]] == [r["prediction"].strip() for r in rows]
+    meta, body = card(export)
+    assert meta["library_name"] == "transformers" and meta["pipeline_tag"] == "text-generation"
+    meta, body = card(export / "adapter")
+    assert meta["library_name"] == "peft" and "PeftModel.from_pretrained" in body
