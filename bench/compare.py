@@ -4,6 +4,7 @@
     python bench/compare.py overhead            # sft's Lightning path vs a raw PyTorch loop
     python bench/compare.py chat_sft            # sft (packed) vs the Hugging Face Trainer (padded), Llama shape
     python bench/compare.py image_cls           # sft from decoded images vs a raw loop on tensors on the device
+    python bench/compare.py onnx_cpu            # inference: ONNX Runtime vs eager PyTorch, default text classifier, CPU
     python bench/compare.py text_cls --size gpu --json text_cls.json
 
 Both sides get the same initial weights, data, batch size, optimizer, precision and number of
@@ -83,12 +84,15 @@ class Result:
     peak_memory_gb: float
     mean_loss: float
     tokens_per_s: Optional[float] = None  # non-pad tokens, for language models
+    max_abs_diff: Optional[float] = None  # inference workloads: largest logit difference from eager PyTorch
 
     def as_dict(self) -> dict:
         figures = {"samples_per_s": round(self.samples_per_s, 2)}
         if self.tokens_per_s is not None:
             figures["tokens_per_s"] = round(self.tokens_per_s, 1)
         figures.update({"peak_memory_gb": round(self.peak_memory_gb, 3), "mean_loss": round(self.mean_loss, 4)})
+        if self.max_abs_diff is not None:
+            figures["max_abs_diff"] = float(f"{self.max_abs_diff:.3g}")
         return figures
 
 
@@ -632,9 +636,68 @@ def image_cls(size: dict, workdir: Path) -> tuple[Result, Result, str]:
     return ours, peer, "raw loop on device tensors"
 
 
-WORKLOADS = {"text_cls": text_cls, "overhead": overhead, "chat_sft": chat_sft, "image_cls": image_cls}
-WORKLOAD_SIZES = {"text_cls": SIZES, "overhead": SIZES, "chat_sft": CHAT_SIZES, "image_cls": IMAGE_SIZES}
-WORKLOAD_SHAPES = {"text_cls": SHAPES, "overhead": SHAPES, "chat_sft": LLAMA_SHAPES, "image_cls": IMAGE_SHAPES}
+# -- inference: ONNX Runtime against eager PyTorch --------------------------------------------------
+# Always on the CPU (the point is CPU serving); "gpu" is the same size, so --size may be left out anywhere.
+ONNX_SIZES = {name: {"shape": "minilm", "batch_size": 32, "warmup": 2, "steps": 10, "precision": "32-true",
+                     "max_length": 128} for name in ("cpu", "gpu")}
+
+
+def onnx_cpu(size: dict, workdir: Path):
+    """The default text classifier (sft's defaults: MiniLM shape, mean pooling, random init here) as
+    `eval.py export_onnx=true` writes it, run by ONNX Runtime, against the same module in eager
+    PyTorch (inference mode), on the same padded batches of sentence-like texts, same thread count.
+    `mean_loss` is unused (0); `max_abs_diff` is the largest logit difference over the timed batches."""
+    import onnxruntime
+    from transformers import AutoTokenizer
+
+    from sft.export.onnx import export_text_onnx
+    from sft.models import SFTModule
+
+    model_dir = workdir / "encoder"
+    model_dir.mkdir()
+    make_encoder(model_dir, size["shape"], dropout=0.0)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    rng = np.random.default_rng(0)
+    n = (size["warmup"] + size["steps"]) * size["batch_size"]
+    texts = [" ".join(f"w{i}" for i in rng.integers(0, VOCAB_WORDS, size=k)) for k in sentence_lengths(n, 0)]
+    batches = [tokenizer(texts[i:i + size["batch_size"]], padding=True, truncation=True,
+                         max_length=size["max_length"], return_tensors="pt") for i in range(0, n, size["batch_size"])]
+    torch.manual_seed(0)
+    module = SFTModule(task="text_classification", label_names=["a", "b"], pretrained=str(model_dir)).eval()
+    export_text_onnx(module, tokenizer, workdir / "model.onnx")
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    session = onnxruntime.InferenceSession(str(workdir / "model.onnx"), options, providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()]
+
+    def eager(batch):
+        with torch.inference_mode():
+            return module.head(module.backbone(**batch).last_hidden_state, batch).numpy()
+
+    def ort(batch):
+        return session.run(["logits"], {name: batch[name].numpy() for name in names})[0]
+
+    def timed(run) -> tuple[Result, list]:
+        outputs = [run(b) for b in batches[:size["warmup"]]]
+        watch = MemoryWatch().start()
+        start = time.perf_counter()
+        outputs = [run(b) for b in batches[size["warmup"]:]]
+        seconds = time.perf_counter() - start
+        tokens = sum(int(b["attention_mask"].sum()) for b in batches[size["warmup"]:])
+        return Result(size["steps"] * size["batch_size"] / seconds, watch.stop(), 0.0, tokens / seconds), outputs
+
+    ours, ours_out = timed(ort)
+    peer, peer_out = timed(eager)
+    ours.max_abs_diff = max(float(np.abs(a - b).max()) for a, b in zip(ours_out, peer_out))
+    return ours, peer, "eager PyTorch"
+
+
+WORKLOADS = {"text_cls": text_cls, "overhead": overhead, "chat_sft": chat_sft, "image_cls": image_cls,
+             "onnx_cpu": onnx_cpu}
+WORKLOAD_SIZES = {"text_cls": SIZES, "overhead": SIZES, "chat_sft": CHAT_SIZES, "image_cls": IMAGE_SIZES,
+                  "onnx_cpu": ONNX_SIZES}
+WORKLOAD_SHAPES = {"text_cls": SHAPES, "overhead": SHAPES, "chat_sft": LLAMA_SHAPES, "image_cls": IMAGE_SHAPES,
+                   "onnx_cpu": SHAPES}
 
 
 def main() -> None:
@@ -677,7 +740,7 @@ def main() -> None:
     if args.peak_tflops and "flops_per_token" in size:
         for figures in (o, p):
             figures["mfu"] = round(figures["tokens_per_s"] * size["flops_per_token"] / (args.peak_tflops * 1e12), 6)
-    ratio = {k: round(o[k] / p[k], 3) if p[k] else float("nan") for k in o}
+    ratio = {k: round(o[k] / p[k], 3) if p.get(k) else float("nan") for k in o}
     # further peers where they are installed (chat_sft: TRL), each with its own ratio
     extra = {name: result.as_dict() for name, result in (more[0] if more else {}).items()}
     for e in extra.values():
@@ -692,7 +755,7 @@ def main() -> None:
     print("peak_memory_gb: growth while training; GPU: peak allocated, CPU: peak resident set (RSS)")
     print(f"{'metric':16} {'sft':>12} {peer_name:>26} {'ratio sft/peer':>15}")
     for key in o:
-        print(f"{key:16} {o[key]:>12} {p[key]:>26} {ratio[key]:>15}")
+        print(f"{key:16} {o[key]:>12} {p.get(key, '-'):>26} {ratio[key]:>15}")
     figures = {"workload": args.workload, "size": size, "hardware": hardware, "peer_name": peer_name,
                "ours": o, "peer": p, "ratio": ratio}
     for name, e in extra.items():

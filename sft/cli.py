@@ -235,6 +235,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         raise CheckpointError(f"ckpt_path={ckpt_path}: a Lightning checkpoint with no data module settings, "
                               "written by another tool; give one written by sft's train.py")
     module = module_from_checkpoint(checkpoint, ckpt_path)
+    run_config = (checkpoint.get("sft_run_record") or {}).get("config")  # for the export's model card
     data_hparams["label_names"] = module.label_names  # the training label map, never rebuilt
     if "backbone" in data_hparams:  # written before the input spec came from the model side
         data_hparams.pop("backbone"), data_hparams.pop("architecture", None)
@@ -257,7 +258,10 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
                                                      int(cfg.get("max_new_tokens") or 128)))
     write_metrics(run_dir / "metrics.json", metrics)
     if cfg.get("export_dir"):
-        module.task.export(module, datamodule, Path(cfg.export_dir))
+        from sft.export.card import ExportRequest
+
+        request = ExportRequest(metrics, run_config, str(ckpt_path), bool(cfg.get("export_onnx")))
+        module.task.export(module, datamodule, Path(cfg.export_dir), request)
         log.info("Exported model to %s", cfg.export_dir)
     report_run(run_dir, metrics, str(ckpt_path), data_report(datamodule, module))
     return metrics

@@ -201,10 +201,10 @@ def test_timm_export_predicts_like_eval(folder_run, tmp_path):
     first = rows[0]["image"]
     by_path, by_pil, by_array = predictor.predict_proba([first, Image.open(first), np.array(Image.open(first))])
     assert torch.allclose(by_path, by_pil) and torch.allclose(by_path, by_array)
-    # The backbone file is plain timm: timm itself loads it, strictly.
+    # The folder is timm's own (config.json + model.safetensors, with the classifier): timm loads it, strictly.
     info = json.loads((export / "sft_model.json").read_text())
-    assert info["architecture"] == "test_efficientnet" and info["input"]["size"] == 32
-    timm.create_model(info["architecture"], num_classes=0).load_state_dict(load_file(export / "backbone.safetensors"))
+    assert info["layout"] == "stock" and info["architecture"] == "test_efficientnet" and info["input"]["size"] == 32
+    timm.create_model(info["architecture"], num_classes=3).load_state_dict(load_file(export / "model.safetensors"))
 
 
 def test_csv_layout_learns_with_random_init_timm_and_ema(tmp_path):

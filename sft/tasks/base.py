@@ -84,8 +84,10 @@ class Task:
         log.info("Wrote %d predictions to %s", count, path)
         return {}
 
-    def export(self, module, datamodule, out_dir: Path) -> None:
-        """eval.py export_dir: write the model as a folder that loads without the training config."""
+    def export(self, module, datamodule, out_dir: Path, request=None) -> None:
+        """eval.py export_dir: write the model as a folder that loads without the training config
+        (and, where a stock class expresses the head, without sft). `request`: a
+        sft.export.card.ExportRequest (final metrics for the model card, export_onnx), or None."""
         from sft.errors import ConfigError
 
         raise ConfigError(f"export_dir: exporting {self.name} models is not supported")

@@ -76,10 +76,15 @@ class CausalLM(Task):
         log.info("Wrote %d generated answers to %s", len(examples), path)
         return {"test/generated_exact_match": matches / len(examples)}
 
-    def export(self, module, datamodule, out_dir):
+    def export(self, module, datamodule, out_dir, request=None):
         from sft.export import export_causal_lm
+        from sft.export.formats import causal_lm_card
 
         tokenizer, eot = datamodule.tokenizer, datamodule.processor.end_of_turn_token
         export_causal_lm(module, tokenizer, out_dir, end_of_turn_token=eot)
+        causal_lm_card(module, datamodule, out_dir, request, adapter=False)
         if module.hparams.get("lora"):
             export_causal_lm(module, tokenizer, out_dir / "adapter", adapter_only=True)
+            causal_lm_card(module, datamodule, out_dir / "adapter", request, adapter=True)
+        if request and request.onnx:
+            log.warning("export_onnx: causal_lm exports have no model.onnx (encoder and image tasks only)")

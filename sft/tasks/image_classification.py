@@ -56,7 +56,7 @@ class ImageClassification(Task):
         return ImageClassificationHead(hidden_size, label_names, options.dropout, options.label_smoothing,
                                        options.class_weights, options.top_k)
 
-    def export(self, module, datamodule, out_dir):
-        from sft.export import export_image_module
+    def export(self, module, datamodule, out_dir, request=None):
+        from sft.export.formats import export_image
 
-        export_image_module(module, datamodule.processor.input, out_dir)
+        export_image(module, datamodule, out_dir, request)

@@ -44,5 +44,5 @@ class MultiLabelClassification(Task):
         return MultiLabelHead(hidden_size, label_names, options.pooling, options.dropout, options.threshold,
                               options.pos_weight)
 
-    def export(self, module, datamodule, out_dir):
-        export_text_model(module, datamodule, out_dir)
+    def export(self, module, datamodule, out_dir, request=None):
+        export_text_model(module, datamodule, out_dir, request)

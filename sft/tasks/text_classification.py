@@ -9,11 +9,11 @@ from sft.tasks.base import Task, text_settings
 from sft.tasks.options import TextClassificationHeadOptions
 
 
-def export_text_model(module, datamodule, out_dir: Path) -> None:
-    from sft.export import export_module
+def export_text_model(module, datamodule, out_dir: Path, request=None) -> None:
+    """A stock transformers folder where the head folds into one (sft.export.stock), else sft's layout."""
+    from sft.export.formats import export_text
 
-    export_module(module, datamodule.tokenizer, out_dir, datamodule.hparams.max_length,
-                  datamodule.processor.export_options())
+    export_text(module, datamodule, out_dir, request)
 
 
 @register_task
@@ -34,5 +34,5 @@ class TextClassification(Task):
         return SequenceClassificationHead(hidden_size, label_names, options.pooling, options.dropout,
                                           options.label_smoothing, options.class_weights)
 
-    def export(self, module, datamodule, out_dir):
-        export_text_model(module, datamodule, out_dir)
+    def export(self, module, datamodule, out_dir, request=None):
+        export_text_model(module, datamodule, out_dir, request)

@@ -43,5 +43,5 @@ class TextRegression(Task):
         return RegressionHead(hidden_size, label_names, options.pooling, options.dropout, options.regression_loss,
                               options.huber_delta, learned.get("target_mean"), learned.get("target_std"))
 
-    def export(self, module, datamodule, out_dir):
-        export_text_model(module, datamodule, out_dir)
+    def export(self, module, datamodule, out_dir, request=None):
+        export_text_model(module, datamodule, out_dir, request)

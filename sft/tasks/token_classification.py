@@ -48,5 +48,5 @@ class TokenClassification(Task):
         return TokenClassificationHead(hidden_size, label_names, options.dropout, options.label_smoothing,
                                        options.class_weights)
 
-    def export(self, module, datamodule, out_dir):
-        export_text_model(module, datamodule, out_dir)
+    def export(self, module, datamodule, out_dir, request=None):
+        export_text_model(module, datamodule, out_dir, request)

@@ -10,6 +10,10 @@ checkpoint to be used:
     from sft.export import Predictor
     predictor = Predictor.load("exported/")          # a text or an image export
     predictor.predict(["a gripping, beautifully made film"])   # or image paths / arrays / PIL images
+
+Since stock exports (sft.export.formats), a folder whose sft_model.json says `"layout": "stock"` holds
+the library's own model instead (transformers' AutoModelFor*, timm's config.json + model.safetensors);
+`Predictor.load` reads both layouts.
 """
 
 from __future__ import annotations
@@ -29,6 +33,34 @@ def read_export_info(folder: Path) -> dict:
     if info.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"{folder}/sft_model.json: format_version {info.get('format_version')}, expected {FORMAT_VERSION}")
     return info
+
+
+def features(outputs):
+    """A stock task model's logits, or an encoder's hidden states."""
+    return outputs["logits"] if "logits" in outputs else outputs.last_hidden_state
+
+
+class StockHead(torch.nn.Module):
+    """The `predict` of sft's heads over a stock model's logits (the head is inside that model)."""
+
+    def __init__(self, task: str, threshold: float = 0.5, top_k: int = 5):
+        super().__init__()
+        self.task, self.threshold, self.top_k = task, threshold, top_k
+
+    def forward(self, logits: torch.Tensor, batch: dict) -> torch.Tensor:
+        return logits
+
+    def predict(self, logits: torch.Tensor) -> dict[str, torch.Tensor]:
+        logits = logits.float()
+        if self.task == "text_regression":
+            return {"prediction": logits}
+        if self.task == "token_classification":
+            return {"prediction": logits.argmax(-1)}
+        if self.task == "multilabel_classification":
+            probabilities = logits.sigmoid()
+            return {"probabilities": probabilities, "prediction": (probabilities > self.threshold).long()}
+        probabilities = logits.softmax(-1)
+        return {"probabilities": probabilities, "prediction": probabilities.argmax(-1)}
 
 
 def save_head(head: torch.nn.Module, path: Path) -> None:
@@ -88,6 +120,17 @@ class Predictor:
         info = read_export_info(folder)
         if info["task"] == "image_classification":
             return ImagePredictor.load(folder, device)
+        if info.get("layout") == "stock":
+            from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
+
+            tagging = info["task"] == "token_classification"
+            auto = AutoModelForTokenClassification if tagging else AutoModelForSequenceClassification
+            model = auto.from_pretrained(folder).to(device)
+            stock = StockHead(info["task"], info.get("head_options", {}).get("threshold", 0.5))
+            tokenizer = AutoTokenizer.from_pretrained(folder)
+            if tagging:
+                return TaggingPredictor(model, stock, tokenizer, info["label_names"], info["processor_options"])
+            return cls(model, stock, tokenizer, info["label_names"], info["max_length"], info["task"])
         task = get_task(info["task"])
         if task.modality != "text":
             raise ValueError(f"{folder}/sft_model.json: task {info['task']!r} has no Predictor; "
@@ -115,7 +158,7 @@ class Predictor:
             batch = self.tokenizer(list(texts[start:start + batch_size]),
                                    list(pairs[start:start + batch_size]) if pairs else None,
                                    truncation=True, max_length=self.max_length, padding=True, return_tensors="pt").to(device)
-            hidden = self.backbone(**batch).last_hidden_state
+            hidden = features(self.backbone(**batch))
             chunks.append({k: v.cpu() for k, v in self.head.predict(self.head(hidden, batch)).items()})
         return {key: torch.cat([chunk[key] for chunk in chunks]) for key in chunks[0]}
 
@@ -164,7 +207,7 @@ class TaggingPredictor:
         for start in range(0, len(examples), batch_size):
             batch = collate(examples[start:start + batch_size])
             inputs = {k: batch[k].to(device) for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
-            predicted = self.head.predict(self.head(self.backbone(**inputs).last_hidden_state, batch))
+            predicted = self.head.predict(self.head(features(self.backbone(**inputs)), batch))
             outputs.append({"prediction": predicted["prediction"].cpu(), "word_index": batch["word_index"],
                             "sentence_index": batch["sentence_index"]})
         return [{"words": row["words"], "tags": row["predicted_tags"], "entities": row["entities"]}
@@ -216,6 +259,9 @@ class ImagePredictor:
 
         folder = Path(folder)
         info = read_export_info(folder)
+        if info.get("layout") == "stock":
+            return cls(StockImageModel(folder, info).to(device), StockHead("image_classification").to(device),
+                       info["label_names"], info["input"], info["top_k"])
         if info["family"] == "timm":
             backbone = load_image_backbone(str(folder / "backbone.safetensors"), info["architecture"],
                                            options=info.get("backbone_options"))
@@ -253,6 +299,30 @@ class ImagePredictor:
                          "top_k": [{"label": self.label_names[int(i)], "probability": float(v)}
                                    for v, i in zip(top.values, top.indices)]})
         return rows
+
+
+class StockImageModel(torch.nn.Module):
+    """A stock image export (timm's or transformers' own folder): pixels in, logits out."""
+
+    def __init__(self, folder: Path, info: dict):
+        super().__init__()
+        self.family = info["family"]
+        if self.family == "timm":
+            import timm
+
+            n = len(info["label_names"])
+            self.model = timm.create_model(info["architecture"], pretrained=True, num_classes=n,
+                                           pretrained_cfg_overlay={"file": str(folder / "model.safetensors"),
+                                                                   "num_classes": n},
+                                           **info.get("backbone_options", {}))
+        else:
+            from transformers import AutoModelForImageClassification
+
+            self.model = AutoModelForImageClassification.from_pretrained(folder)
+        self.model.eval()
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.model(pixels) if self.family == "timm" else self.model(pixel_values=pixels).logits
 
 
 def export_causal_lm(module, tokenizer, out_dir: str | Path, adapter_only: bool = False,
