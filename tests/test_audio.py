@@ -292,3 +292,37 @@ def test_audio_data_with_text_model_is_refused(tmp_path, tiny_whisper_dir):
 def test_random_init_needs_an_architecture(tmp_path):
     with pytest.raises(ConfigError, match="model.architecture"):
         audio_input_spec(None, None)
+
+
+# -- the catalog -------------------------------------------------------------------------------------
+@pytest.mark.assets
+@pytest.mark.parametrize("name", ["whisper-tiny-en", "whisper-base"])
+def test_catalog_whisper_transcribes_a_telephone_prompt_exactly(name):
+    """The CTranslate2 -> transformers conversion is right: greedy decoding of a real recording."""
+    from sft import assets
+    from sft.ct2_whisper import transcribe
+
+    prompts = assets.fetch("asterisk_prompts").parent
+    rows = [json.loads(line) for line in (prompts / "data.jsonl").read_text().splitlines()]
+    row = next(r for r in rows if r["language"] == "en" and r["prompt"] == "all-circuits-busy-now")
+    assert row["text"] == "All circuits are busy now."
+    assert transcribe(assets.fetch(name), load_audio(str(prompts / row["path"]), 16000)) == row["text"]
+    spec = audio_input_spec(name)
+    assert spec["family"] == "whisper" and spec["sample_rate"] == 16000 and spec["max_seconds"] == 30.0
+
+
+@pytest.mark.assets
+def test_asterisk_prompts_asset():
+    from sft import assets
+
+    folder = assets.fetch("asterisk_prompts").parent
+    rows = [json.loads(line) for line in (folder / "data.jsonl").read_text().splitlines()]
+    assert len(rows) > 2700 and {r["language"] for r in rows} == {"en", "es", "fr", "it", "ru"}
+    digits = {r["symbol"] for r in rows if r["language"] == "en" and r["kind"] == "digits"}
+    letters = {r["symbol"] for r in rows if r["language"] == "fr" and r["kind"] == "letters"}
+    assert set("0123456789") <= digits and set("abcdefghijklmnopqrstuvwxyz") <= letters
+    splits = {s: {json.loads(line)["prompt"] for line in (folder / f"{s}.jsonl").read_text().splitlines()}
+              for s in ("train", "val", "test")}
+    assert not (splits["train"] & splits["test"]) and not (splits["train"] & splits["val"])  # split by prompt
+    wave, rate = sf.read(folder / rows[0]["path"])
+    assert rate == 8000 and wave.ndim == 1
