@@ -74,10 +74,15 @@ def _prepare_asterisk(raw: Path, out: Path) -> tuple[int, dict]:
     doc_root = raw.parents[1] / "doc"
     records: dict[str, list[dict]] = {"train": [], "val": [], "test": []}
     untranscribed = 0
+    dropped: dict[str, int] = {}
+    import soundfile as sf
     for voice_dir in sorted(p for p in sounds.iterdir() if p.is_dir()):
         language = voice_dir.name[:2]
         texts = _transcripts(doc_root / f"asterisk-core-sounds-{language}" / f"core-sounds-{language}.txt.gz")
         for wav in sorted(voice_dir.rglob("*.wav")):
+            if sf.info(str(wav)).frames == 0:  # a few packaged prompts hold no samples
+                dropped["empty recording"] = dropped.get("empty recording", 0) + 1
+                continue
             prompt = wav.relative_to(voice_dir).with_suffix("").as_posix()
             kind = prompt.split("/")[0] if "/" in prompt else "phrases"
             symbol = prompt.split("/")[-1] if kind in ("digits", "letters") else None
@@ -97,7 +102,9 @@ def _prepare_asterisk(raw: Path, out: Path) -> tuple[int, dict]:
                     line = json.dumps(row, ensure_ascii=False) + "\n"
                     f.write(line)
                     everything.write(line)
-    return sum(len(rows) for rows in records.values()), ({"untranscribed (kept)": untranscribed} if untranscribed else {})
+    if untranscribed:
+        dropped["untranscribed (kept, text null)"] = untranscribed
+    return sum(len(rows) for rows in records.values()), dropped
 
 
 def _deb(Asset, package: str, sha256: str, member: str):
