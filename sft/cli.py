@@ -193,6 +193,10 @@ def data_report(datamodule, module) -> dict:
 def model_input_spec(model_cfg, task) -> dict:
     """What the data side needs to know of the model's input (image size and normalization), taken
     from the model config: configuration flows from the model into the data, never back."""
+    if task.modality == "audio":
+        from sft.models.audio_backbones import audio_input_spec
+
+        return {"input_spec": audio_input_spec(model_cfg.get("pretrained"), model_cfg.get("architecture"))}
     if task.modality != "image":
         return {}
     from sft.models.image_backbones import image_data_config

@@ -63,7 +63,7 @@ class RunSettings:
 class ModelSettings:
     """The `model.*` keys every model config shares (the head's own keys are its task's HeadOptions)."""
 
-    modality: Literal["text", "image", "causal_lm"] = option("text", "inputs this backbone takes")
+    modality: Literal["text", "image", "audio", "causal_lm"] = option("text", "inputs this backbone takes")
     pretrained: Optional[str] = option(None, "hub id, local folder, or catalog name (null: random init, images)")
     architecture: Optional[str] = option(None, "timm model name for a weights file or random init")
     backbone_options: Optional[dict] = option(None, "extra timm.create_model / from_pretrained arguments")

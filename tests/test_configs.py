@@ -25,7 +25,8 @@ OVERRIDE_KEY = {"head": "head@model"}
 # The model config that serves each task's data templates.
 MODEL_OF_TASK = {"text_classification": "text_classifier", "multilabel_classification": "text_classifier",
                  "text_regression": "text_classifier", "token_classification": "text_classifier",
-                 "image_classification": "image_classifier", "causal_lm": "causal_lm"}
+                 "image_classification": "image_classifier", "audio_classification": "audio_classifier",
+                 "causal_lm": "causal_lm"}
 
 
 def options():

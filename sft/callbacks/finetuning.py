@@ -24,14 +24,26 @@ class BackboneFreezeUnfreeze(BaseFinetuning):
         self.backbone_lr = backbone_lr
         self.lr_divisor = lr_divisor
         self.freeze_bn_stats = freeze_bn_stats
+        self._kept_frozen: set[str] = set()
 
     def freeze_before_training(self, pl_module) -> None:
+        # Parameters the model keeps frozen itself (a speech encoder's convolutional front end, Whisper's
+        # positional table) stay frozen after the unfreeze.
+        self._kept_frozen = {name for name, p in pl_module.backbone.named_parameters() if not p.requires_grad}
         self.freeze(pl_module.backbone, train_bn=False)
 
     def finetune_function(self, pl_module, current_epoch: int, optimizer) -> None:
         if current_epoch == self.unfreeze_at_epoch:
             self.unfreeze_and_add_param_group(pl_module.backbone, optimizer, lr=self.backbone_lr,
                                               initial_denom_lr=self.lr_divisor, train_bn=True)
+            kept = {id(p) for name, p in pl_module.backbone.named_parameters()
+                    if name in self._kept_frozen}
+            if kept:
+                for p in pl_module.backbone.parameters():
+                    if id(p) in kept:
+                        p.requires_grad_(False)
+                group = optimizer.param_groups[-1]
+                group["params"] = [p for p in group["params"] if id(p) not in kept]
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         super().on_train_epoch_start(trainer, pl_module)

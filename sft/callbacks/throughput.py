@@ -22,8 +22,14 @@ import torch.nn as nn
 from lightning.pytorch.callbacks import ThroughputMonitor
 
 
+# Batches of fixed-shape inputs (images, audio clips): FLOPs are counted per item, by shape.
+ITEM_INPUTS = ("pixel_values", "input_features", "input_values")
+
+
 def batch_size(batch: dict) -> int:
-    return len(batch["input_ids"] if "input_ids" in batch else batch["pixel_values"])
+    if "input_ids" in batch:
+        return len(batch["input_ids"])
+    return len(next(batch[key] for key in ITEM_INPUTS if key in batch))
 
 
 def num_tokens(batch: dict) -> int:
@@ -50,13 +56,18 @@ def training_flops_per_weight(backbone: tuple[int, int], head: tuple[int, int]) 
 def image_forward_flops(module: nn.Module, pixel_values: torch.Tensor) -> int:
     """Forward FLOPs of the model on one image of this batch's shape (eval mode, so BatchNorm
     statistics are untouched; no gradients)."""
+    return item_forward_flops(module, {"pixel_values": pixel_values})
+
+
+def item_forward_flops(module: nn.Module, batch: dict) -> int:
+    """Forward FLOPs of the model on the first item of a batch of fixed-shape inputs."""
     from torch.utils.flop_counter import FlopCounterMode
 
     was_training = module.training
     module.eval()
     try:
         with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            module({"pixel_values": pixel_values[:1]})
+            module({k: v[:1] for k, v in batch.items() if isinstance(v, torch.Tensor) and k != "labels"})
     finally:
         module.train(was_training)
     return counter.get_total_flops()
@@ -78,10 +89,11 @@ class SFTThroughputMonitor(ThroughputMonitor):
             backbone, head = matmul_weights(pl_module.backbone), matmul_weights(pl_module.head)
             self._forward_per_token = 2 * (backbone[0] + head[0])
             self._training_factor = training_flops_per_weight(backbone, head) / self._forward_per_token
-        if "pixel_values" in batch:
-            shape = tuple(batch["pixel_values"].shape[1:])
+        key = next((k for k in ITEM_INPUTS if k in batch), None)
+        if key is not None:
+            shape = (key, *batch[key].shape[1:])
             if shape not in self._image_flops:
-                self._image_flops[shape] = image_forward_flops(pl_module, batch["pixel_values"])
+                self._image_flops[shape] = item_forward_flops(pl_module, batch)
             forward = self._image_flops[shape] * batch_size(batch)
         else:
             forward = self._forward_per_token * num_tokens(batch)

@@ -131,6 +131,10 @@ class Predictor:
             if tagging:
                 return TaggingPredictor(model, stock, tokenizer, info["label_names"], info["processor_options"])
             return cls(model, stock, tokenizer, info["label_names"], info["max_length"], info["task"])
+        if info["task"] == "audio_classification":
+            from sft.audio_export import AudioPredictor
+
+            return AudioPredictor.load(folder, device)
         task = get_task(info["task"])
         if task.modality != "text":
             raise ValueError(f"{folder}/sft_model.json: task {info['task']!r} has no Predictor; "

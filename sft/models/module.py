@@ -60,6 +60,12 @@ class SFTModule(L.LightningModule):
             self.backbone = load_image_backbone(pretrained, architecture, load_weights, channels_last,
                                                 dict(backbone_options or {}), trust_remote_code)
             hidden_size = self.backbone.num_features
+        elif modality == "audio":
+            from sft.models.audio_backbones import load_audio_backbone
+
+            self.backbone = load_audio_backbone(pretrained, architecture, load_weights, dict(backbone_options or {}),
+                                                trust_remote_code)
+            hidden_size = self.backbone.num_features
         else:
             self.backbone = BACKBONES[modality](pretrained, trust_remote_code, load_weights, attn_implementation)
             hidden_size = self.backbone.config.hidden_size
@@ -95,6 +101,8 @@ class SFTModule(L.LightningModule):
     def forward(self, batch: dict) -> torch.Tensor:
         if self.head.drives_backbone:  # e.g. the causal LM head, which projects only supervised positions
             return self.head(self.head.features(self.backbone, batch), batch)
+        if self.hparams.modality == "audio":  # frame features and their mask; the head pools them
+            return self.head(self.backbone(batch), batch)
         if "pixel_values" in batch:  # images: the backbone returns pooled features
             return self.head(self.backbone(batch["pixel_values"]), batch)
         inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}

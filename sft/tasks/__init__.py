@@ -29,7 +29,7 @@ __all__ = ["Task", "ConfigError", "register_task", "get_task", "task_names", "ta
 
 # The modules of the tasks that ship with sft; imported on first use of the registry.
 BUILTIN_TASKS = ("text_classification", "multilabel_classification", "text_regression", "token_classification",
-                 "image_classification", "causal_lm")
+                 "image_classification", "audio_classification", "causal_lm")
 
 _REGISTRY: dict[str, Task] = {}
 _builtins_loaded = False
