@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from sft.data.processor import Processor
-from sft.data.sources import DataError, Table, read_table
+from sft.data.sources import DataError, Table, read_class_folder, read_table
 from sft.data.text_classification import label_id, label_key, sorted_labels
 
 log = logging.getLogger(__name__)
@@ -74,28 +74,7 @@ def augment_settings(values: Optional[dict]) -> dict:
 
 # -- sources --------------------------------------------------------------------------------------
 def read_audio_folder(root: Path, key: str) -> Table:
-    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-    if not classes:
-        raise DataError(f"{key}: {root} has no class subfolders; expected {root}/<label>/<clip>.wav")
-    rows, locations, ignored = [], [], 0
-    for label in classes:
-        for dirpath, dirnames, filenames in os.walk(root / label):
-            dirnames.sort()
-            for name in sorted(filenames):
-                if name.startswith("."):
-                    continue
-                if Path(name).suffix.lower() not in AUDIO_SUFFIXES:
-                    ignored += 1
-                    continue
-                path = os.path.join(dirpath, name)
-                rows.append({"path": path, "label": label})
-                locations.append(path)
-    if ignored:
-        log.warning("%s: ignored %d files without an audio extension (%s)", root, ignored, ", ".join(sorted(AUDIO_SUFFIXES)))
-    if not rows:
-        raise DataError(f"{key}: {root} holds no audio files under its class folders {classes}")
-    return Table(str(root), rows, locations, ["path", "label"])
-
+    return read_class_folder(root, key, AUDIO_SUFFIXES, "audio", f"{root}/<label>/<clip>.wav")
 
 def read_source(path: str | Path, key: str = "data file") -> Table:
     path = Path(path)

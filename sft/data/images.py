@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from sft.data.processor import Processor
-from sft.data.sources import DataError, Table, read_table
+from sft.data.sources import DataError, Table, read_class_folder, read_table
 from sft.data.text_classification import label_id, label_key, sorted_labels
 
 log = logging.getLogger(__name__)
@@ -37,28 +37,7 @@ AUTO_AUGMENTS = ("randaugment", "trivialaugment", "autoaugment")
 
 # -- sources --------------------------------------------------------------------------------------
 def read_image_folder(root: Path, key: str) -> Table:
-    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-    if not classes:
-        raise DataError(f"{key}: {root} has no class subfolders; expected ImageFolder layout {root}/<label>/<image>")
-    rows, locations, ignored = [], [], 0
-    for label in classes:
-        for dirpath, dirnames, filenames in os.walk(root / label):
-            dirnames.sort()
-            for name in sorted(filenames):
-                if name.startswith("."):
-                    continue
-                if Path(name).suffix.lower() not in IMAGE_SUFFIXES:
-                    ignored += 1
-                    continue
-                path = os.path.join(dirpath, name)
-                rows.append({"path": path, "label": label})
-                locations.append(path)
-    if ignored:
-        log.warning("%s: ignored %d files without an image extension (%s)", root, ignored, ", ".join(sorted(IMAGE_SUFFIXES)))
-    if not rows:
-        raise DataError(f"{key}: {root} holds no image files under its class folders {classes}")
-    return Table(str(root), rows, locations, ["path", "label"])
-
+    return read_class_folder(root, key, IMAGE_SUFFIXES, "image", f"ImageFolder layout {root}/<label>/<image>")
 
 def read_image_arrays(path: Path, key: str) -> Table:
     try:

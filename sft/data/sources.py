@@ -181,3 +181,33 @@ def read_table(path: str | Path, key: str = "data file") -> Table:
     if not rows:
         raise DataError(f"{key}: {path} holds no records")
     return Table(str(path), rows, locations, list(columns))
+
+
+def read_class_folder(root: Path, key: str, suffixes, kind: str, layout: str) -> Table:
+    """A folder with one subfolder per class: a record {path, label} per file with one of `suffixes`
+    (other files are counted and reported, hidden ones skipped)."""
+    import logging
+    import os
+
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not classes:
+        raise DataError(f"{key}: {root} has no class subfolders; expected {layout}")
+    rows, locations, ignored = [], [], 0
+    for label in classes:
+        for dirpath, dirnames, filenames in os.walk(root / label):
+            dirnames.sort()
+            for name in sorted(filenames):
+                if name.startswith("."):
+                    continue
+                if Path(name).suffix.lower() not in suffixes:
+                    ignored += 1
+                    continue
+                path = os.path.join(dirpath, name)
+                rows.append({"path": path, "label": label})
+                locations.append(path)
+    if ignored:
+        logging.getLogger(__name__).warning("%s: ignored %d files without an %s extension (%s)", root, ignored, kind,
+                                            ", ".join(sorted(suffixes)))
+    if not rows:
+        raise DataError(f"{key}: {root} holds no {kind} files under its class folders {classes}")
+    return Table(str(root), rows, locations, ["path", "label"])
