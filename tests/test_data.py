@@ -447,8 +447,11 @@ def test_non_utf8_input_names_file_and_line(tmp_path, name, lines):
     path = tmp_path / name
     path.write_bytes(gzip.compress(data) if name.endswith(".gz") else data)
     line = next(i for i, text in enumerate(lines, start=1) if b"\xe9" in text)
-    with pytest.raises(DataError, match=rf"{path.name}:{line}: not valid UTF-8 text \(byte 0xe9 at column \d+\); save the file as UTF-8"):
+    with pytest.raises(DataError, match=rf"{path.name}:{line}: not valid UTF-8 text \(byte 0xe9 at column \d+\); set data.encoding"):
         read_table(path)
+    # Read as what it is, the same file gives the accented word.
+    rows = list(read_table(path, encoding="latin-1").rows)
+    assert "café" in json.dumps(rows, ensure_ascii=False).lower()
 
 
 @pytest.mark.parametrize("name,text", [

@@ -56,7 +56,7 @@ def test_data_error_is_one_line(tiny_model_dir, bad_csv, tmp_path):
 
 def test_missing_files_are_one_line(tiny_model_dir, tmp_path):
     result = launch("train.py", tiny_overrides(tiny_model_dir, tmp_path / "missing.csv"), tmp_path)
-    assert_user_error(result, "file not found", str(tmp_path / "missing.csv"))
+    assert_user_error(result, "data.train_file: not found", str(tmp_path / "missing.csv"))
     result = launch("train.py", tiny_overrides(str(tmp_path / "no_model"), tmp_path / "missing.csv"), tmp_path)
     assert_user_error(result, f"model.pretrained={tmp_path / 'no_model'}: no such file or folder")
     assert_user_error(launch("eval.py", [f"ckpt_path={tmp_path / 'none.ckpt'}"], tmp_path), "no checkpoint at")

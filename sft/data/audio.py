@@ -26,13 +26,13 @@ import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, ClassVar, Optional
 
 import numpy as np
 import torch
 
 from sft.data.processor import Processor
-from sft.data.sources import DataError, Table, read_class_folder, read_table
+from sft.data.sources import DataError, Table, is_saved_dataset, read_class_folder, read_table
 from sft.data.text_classification import label_id, label_key, sorted_labels
 
 log = logging.getLogger(__name__)
@@ -76,13 +76,11 @@ def augment_settings(values: Optional[dict]) -> dict:
 def read_audio_folder(root: Path, key: str) -> Table:
     return read_class_folder(root, key, AUDIO_SUFFIXES, "audio", f"{root}/<label>/<clip>.wav")
 
-def read_source(path: str | Path, key: str = "data file") -> Table:
-    path = Path(path)
-    if not path.exists():
-        raise DataError(f"{key}: not found: {path} (resolved to {path.absolute()})")
-    if path.is_dir():
-        return read_audio_folder(path, key)
-    return read_table(path, key)
+def read_source(path, key: str = "data file", encoding: str = "utf-8") -> Table:
+    """A class folder, or record files (one, a glob or a list; or a save_to_disk folder)."""
+    if isinstance(path, (str, Path)) and Path(path).is_dir() and not is_saved_dataset(Path(path)):
+        return read_audio_folder(Path(path), key)
+    return read_table(path, key, encoding)
 
 
 # -- decoding -------------------------------------------------------------------------------------
@@ -291,6 +289,7 @@ class SpecAugment:
 # -- the processor ----------------------------------------------------------------------------------
 @dataclass
 class AudioReport:
+    SETTINGS: ClassVar[tuple[str, ...]] = ("max_seconds",)  # kept, not summed, when batch reports merge
     records: int = 0
     skipped: int = 0
     cut: int = 0
@@ -340,8 +339,8 @@ class AudioClassificationProcessor(Processor):
         log.info("[data] audio: %s at %d Hz, clips of at most %g s", input_spec["family"], input_spec["sample_rate"],
                  self.max_seconds)
 
-    def read_source(self, path: str, key: str) -> Table:
-        return read_source(path, key)
+    def read_source(self, path, key: str, encoding: str = "utf-8") -> Table:
+        return read_source(path, key, encoding)
 
     def make_collator(self, pad_to_multiple_of=None, train: bool = False) -> AudioCollator:
         return AudioCollator(self.input, self.max_seconds, train, self.augment)
@@ -394,6 +393,10 @@ class AudioClassificationProcessor(Processor):
             return f"not a readable audio file ({type(e).__name__}: {e})", 0.0
         return None, len(wave) / rate
 
+    def check_encoded(self, table: Table, count: int, report) -> None:
+        if count == 0:
+            raise DataError(f"{table.path}: no readable audio files left after skipping {report.skipped} bad ones")
+
     def record_fields(self, table: Table, index: int, example: dict) -> dict:
         return {"audio": example["audio"]}
 
@@ -426,6 +429,4 @@ class AudioClassificationProcessor(Processor):
         if report.skipped:
             log.warning("[data] %s: skipped %d bad audio files (data.on_bad_audio=skip); first: %s",
                         table.path, report.skipped, report.bad_files[0])
-        if not examples:
-            raise DataError(f"{table.path}: no readable audio files left after skipping {report.skipped} bad ones")
         return examples, report

@@ -15,15 +15,19 @@ offsets fall in such a span are supervised. This needs no `{% generation %}` mar
 
 from __future__ import annotations
 
+import copy
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from sft.data.coverage import UnknownTokens, count_unknown
 from sft.data.processor import Processor
 from sft.data.sources import Table
 from sft.errors import ConfigError, DataError
+
+if TYPE_CHECKING:
+    from sft.data.examples import Examples
 
 log = logging.getLogger(__name__)
 
@@ -365,8 +369,6 @@ class ChatProcessor(Processor):
             report.tokens += len(ids)
             report.supervised_tokens += supervised
             examples.append({"input_ids": ids, "labels": labels})
-        if not examples:
-            raise DataError(f"{table.path}: no example kept a supervised token (see data_report: {report.as_dict()})")
         report.unknown = count_unknown(self.tokenizer, (example["input_ids"] for example in examples))
         return examples, report
 
@@ -375,13 +377,24 @@ class ChatProcessor(Processor):
         if self.audit_examples and len(table):
             self.encode(table.subset(list(range(min(self.audit_examples, len(table))))))
 
-    def arrange(self, split: str, examples: list[dict]) -> list[dict]:
+    def for_workers(self) -> "ChatProcessor":
+        """Batches after the first log no audit (the first batch, encoded in the main process, does)."""
+        quiet = copy.copy(self)
+        quiet.audit_examples = 0
+        return quiet
+
+    def check_encoded(self, table: Table, count: int, report) -> None:
+        if count == 0:
+            raise DataError(f"{table.path}: no example kept a supervised token (see data_report: {report.as_dict()})")
+
+    def arrange(self, split: str, examples: Examples) -> Examples:
         """Training rows: packed when data.packing is on, else the examples themselves."""
         if split != "train" or not self.packing:
             return examples
-        from sft.data.packing import pack_examples
+        from sft.data.examples import PackedExamples
+        from sft.data.packing import pack_plan
 
-        return pack_examples(examples, self.max_length)
+        return PackedExamples(examples, pack_plan(examples.lengths(), self.max_length))
 
     def supervised_count(self, item: dict) -> int:
         return sum(1 for label in item["labels"] if label != IGNORE)

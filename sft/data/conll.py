@@ -15,7 +15,7 @@ from typing import Iterator
 from sft.errors import DataError
 
 
-def read_conll(path: Path, opener) -> Iterator[tuple[str, dict]]:
+def read_conll(path: Path, opener, encoding: str = "utf-8-sig") -> Iterator[tuple[str, dict]]:
     width = first_line = None
     rows: list[list[str]] = []
     lines: list[int] = []
@@ -24,7 +24,7 @@ def read_conll(path: Path, opener) -> Iterator[tuple[str, dict]]:
         columns = [list(column) for column in zip(*rows)]
         return f"{path}:{lines[0]}", {"tokens": columns[0], "tags": columns[-1], "columns": columns, "lines": list(lines)}
 
-    with opener(path, "rt", encoding="utf-8-sig") as f:
+    with opener(path, "rt", encoding=encoding) as f:
         for number, line in enumerate(f, start=1):
             fields = line.split()
             if not fields or fields[0] == "-DOCSTART-":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from functools import partial
 from pathlib import Path
 from typing import Any, Optional
 
@@ -15,10 +16,11 @@ from torch.utils.data import DataLoader, Dataset
 
 from sft import assets
 from sft.data import coverage, encode_cache
+from sft.data.examples import ArrowExamples, Examples, encode_table
 from sft.data.processor import Processor
 from sft.data.samplers import ResumableSampler
 from sft.data.settings import DataSettings
-from sft.data.sources import DataError, Table
+from sft.data.sources import DataError, Table, hf_table, is_saved_dataset, load_hf_dataset, saved_dataset_splits
 from sft.errors import ConfigError
 from sft.options import as_dict, check_options
 from sft.tasks import Task, get_task, plain
@@ -27,7 +29,9 @@ log = logging.getLogger(__name__)
 
 
 class EncodedDataset(Dataset):
-    def __init__(self, examples: list[dict]):
+    """A split's examples for the DataLoader: memory-mapped Arrow rows (or a small in-memory list)."""
+
+    def __init__(self, examples: Examples):
         self.examples = examples
 
     def __len__(self) -> int:
@@ -35,6 +39,12 @@ class EncodedDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         return self.examples[index]
+
+    def __getitems__(self, indices: list[int]) -> list[dict]:
+        # One Arrow read per batch instead of one per example.
+        if isinstance(self.examples, ArrowExamples):
+            return self.examples.many(indices)
+        return [self.examples[i] for i in indices]
 
 
 def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
@@ -100,8 +110,11 @@ class SFTDataModule(L.LightningDataModule):
                                  if self.settings.train_file else ""))
         # Absolute paths, so a checkpoint's record of its data still holds from another directory.
         for key in ("train_file", "val_file", "test_file"):
-            if getattr(self.settings, key):
-                setattr(self.settings, key, os.path.abspath(getattr(self.settings, key)))
+            value = getattr(self.settings, key)
+            if isinstance(value, str):
+                setattr(self.settings, key, os.path.abspath(value))
+            elif value is not None:
+                setattr(self.settings, key, [os.path.abspath(str(v)) for v in value])
         self.save_hyperparameters({"task": task, **as_dict(self.settings), **as_dict(self.options)}, logger=False)
         self._tables: dict[str, Table] = {}
         self._encoded: dict[str, EncodedDataset] = {}
@@ -115,15 +128,42 @@ class SFTDataModule(L.LightningDataModule):
     # -- data ------------------------------------------------------------------------------
     def prepare_data(self) -> None:
         # Runs on one process per node: fetch catalog assets before the ranks read them.
-        if self.hparams.dataset:
+        if self.hparams.dataset and not self.hparams.dataset.startswith("hf:"):
             assets.fetch(self.hparams.dataset)
         if self.hparams.tokenizer:
             assets.resolve_pretrained(self.hparams.tokenizer)
 
-    def _train_source(self) -> tuple[str, str]:
+    def _train_source(self) -> tuple[Any, str]:
         if self.hparams.dataset:
+            if self.hparams.dataset.startswith("hf:"):
+                return self.hparams.dataset, "data.dataset"
             return str(assets.fetch(self.hparams.dataset)), f"data.dataset={self.hparams.dataset}"
         return self.hparams.train_file, "data.train_file"
+
+    def _source_splits(self) -> dict[str, Table]:
+        """The named splits a source brings with it: a Hugging Face dataset's (hf:) or those of a
+        DatasetDict folder given as data.train_file, as {train|val|test: table}."""
+        hp = self.hparams
+        wanted = {"train": hp.train_split, "val": hp.val_split, "test": hp.test_split}
+        if hp.dataset and hp.dataset.startswith("hf:"):
+            name = hp.dataset[3:]
+            loaded = load_hf_dataset(name, hp.dataset_config)
+            if hp.train_split not in loaded:
+                raise DataError(f"data.dataset={hp.dataset} has the splits {sorted(loaded)}, not {hp.train_split!r}; "
+                                f"set data.train_split")
+            return {split: hf_table(loaded[name_], f"{hp.dataset} {name_}", hp.dataset)
+                    for split, name_ in wanted.items() if name_ in loaded}
+        train = hp.train_file
+        if isinstance(train, str) and Path(train).is_dir() and is_saved_dataset(Path(train)) and saved_dataset_splits(Path(train)):
+            from sft.data.sources import read_saved_dataset
+
+            present = saved_dataset_splits(Path(train))
+            if hp.train_split not in present:
+                raise DataError(f"data.train_file: {train} has the splits {present}, not {hp.train_split!r}; "
+                                f"set data.train_split")
+            return {split: read_saved_dataset(Path(train), "data.train_file", name_)
+                    for split, name_ in wanted.items() if name_ in present}
+        return {}
 
     def tables(self) -> dict[str, Table]:
         """train/val/test tables, read once; missing val/test splits are carved from train by seed."""
@@ -131,15 +171,19 @@ class SFTDataModule(L.LightningDataModule):
             return self._tables
         hp = self.hparams
         path, key = self._train_source()
-        read = self.processor.read_source  # images: folders and arrays too
-        train = read(path, key)
+        read = partial(self.processor.read_source, encoding=hp.encoding)  # images, audio: folders and arrays too
+        own = self._source_splits()
+        train = own["train"] if "train" in own else read(path, key)
         in_file = len(train)  # data.*_fraction are shares of the whole training file
         tables = {}
         for split, file, fraction, salt in (("test", hp.test_file, hp.test_fraction, 1), ("val", hp.val_file, hp.val_fraction, 2)):
-            if file is None and hp.dataset:
+            if file is None and hp.dataset and not hp.dataset.startswith("hf:"):
                 file = assets.split_file(hp.dataset, split)  # a catalog data set's own split, where it has one
             if file is not None:
                 tables[split] = read(file, f"data.{split}_file")
+            elif split in own:
+                tables[split] = own[split]
+                rank_zero_info(f"[data] {split} split: the source's own split {own[split].path!r}")
             else:
                 kept, carved = seeded_split(len(train), fraction, hp.split_seed * 1000 + salt, of=in_file)
                 tables[split] = train.subset(carved)
@@ -181,19 +225,17 @@ class SFTDataModule(L.LightningDataModule):
         target statistics of regression); passed to the model with the label map."""
         return self.processor.learned_head_options(self.tables()["train"])
 
-    def _encode_cache_file(self, split: str) -> Optional[Path]:
-        """Where this split's tokenized examples are kept between runs (None: not cached)."""
+    def _encode_cache_entry(self, split: str) -> Optional[Path]:
+        """Where this split's encoded examples are kept between runs (None: not cached)."""
         hp = self.hparams
-        if not hp.cache_encoded or not self.task.cache_examples:
+        table = self.tables()[split]
+        if not hp.cache_encoded or not self.task.cache_examples or table.fingerprint() is None:
             return None
-        files = [self._train_source()[0], hp.val_file, hp.test_file]
-        if hp.dataset:
-            files += [assets.split_file(hp.dataset, name) for name in ("val", "test")]
         return encode_cache.entry_path(assets.cache_root() / "encoded", {
             "split": split,
             "settings": {k: v for k, v in hp.items() if k not in encode_cache.LOADER_ONLY},
             "label_names": self.processor.label_names,
-            "files": [encode_cache.file_fingerprint(str(f) if f else None) for f in files],
+            "records": table.fingerprint(),  # the records themselves: files (path, size, time) and selection
             "tokenizer": self._tokenizer_fingerprint(),
             "processor_state": self.processor.checkpoint_state(),
         })
@@ -204,22 +246,11 @@ class SFTDataModule(L.LightningDataModule):
             self._tokenizer_digest = encode_cache.tokenizer_fingerprint(self.tokenizer)
         return self._tokenizer_digest
 
-    def _encode(self, split: str):
-        cache_file = self._encode_cache_file(split)
-        cached = encode_cache.load(cache_file) if cache_file is not None else None
-        if cached is not None:
-            rank_zero_info(f"[data] {split}: tokenized examples read from {cache_file} (data.cache_encoded)")
-            self.processor.audit_cached(self.tables()[split])  # logs the processor shows while encoding
-            return cached
-        examples, report = self.processor.encode(self.tables()[split])
-        if cache_file is not None:
-            encode_cache.save(cache_file, (examples, report))
-        return examples, report
-
     def encoded(self, split: str) -> EncodedDataset:
         if split not in self._encoded:
             self.label_names  # noqa: B018 - the label map must exist before encoding
-            examples, report = self._encode(split)
+            examples, report = encode_table(self.processor, self.tables()[split], split,
+                                            self._encode_cache_entry(split), self.hparams.num_proc)
             examples = self.processor.arrange(split, examples)  # e.g. packing of training rows
             self._encoded[split] = EncodedDataset(examples)
             self.report[split] = report.as_dict()
@@ -275,7 +306,7 @@ class SFTDataModule(L.LightningDataModule):
         hp = self.hparams
         dataset = self.encoded("train")
         trainer = self.trainer
-        sampler = StepBatchSampler([self.processor.supervised_count(item) for item in dataset.examples], batch_size,
+        sampler = StepBatchSampler(dataset.examples.supervised(self.processor.supervised_count).tolist(), batch_size,
                                    trainer.accumulate_grad_batches if trainer is not None else 1, shuffle,
                                    seed=self._order_seed(), num_replicas=trainer.world_size if trainer else 1,
                                    rank=trainer.global_rank if trainer else 0)
@@ -307,8 +338,8 @@ class SFTDataModule(L.LightningDataModule):
         trainer = self.trainer
         dataset = self.encoded("train")
         # The shuffled order depends on (seed, epoch) only, and its position is saved in checkpoints.
-        grouped = self.hparams.group_by_length and dataset.examples and "input_ids" in dataset.examples[0]
-        lengths = [len(example["input_ids"]) for example in dataset.examples] if grouped else None
+        grouped = self.hparams.group_by_length and len(dataset) and "input_ids" in dataset.examples[0]
+        lengths = dataset.examples.lengths() if grouped else None
         sampler = ResumableSampler(
             len(dataset), batch_size=self.hparams.batch_size, seed=self._order_seed(), lengths=lengths,
             shuffle=not (trainer and trainer.overfit_batches), num_replicas=trainer.world_size if trainer else 1,

@@ -3,9 +3,10 @@
 A split is reused only when everything that shaped it is unchanged: the data files (path, size,
 modification time), the tokenizer (its vocabulary and rules, special tokens, chat template), the
 data settings other than batching, the label map, the processor's checkpointed state and the
-source code of sft/data itself. Anything else makes a new entry; old entries are never read
-again and the folder can be deleted at any time. Entries are pickles written by this process's
-user into their own cache folder, and are loaded only from there.
+source code of sft/data itself. Anything else makes a new entry; entries not used for a while
+are removed when the folder outgrows SFT_ENCODED_CACHE_GB, and the folder can be deleted at any
+time. An entry is a folder of Arrow files (sft.data.examples) and a pickled report, written by
+this process's user into their own cache folder and loaded only from there.
 """
 
 from __future__ import annotations
@@ -14,22 +15,13 @@ import functools
 import hashlib
 import json
 import os
-import pickle
-import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: Arrow files written by Dataset.map (sft.data.examples)
 # Settings that change how batches are drawn, not what a split's encoded examples are.
 LOADER_ONLY = {"batch_size", "eval_batch_size", "num_workers", "pad_to_multiple_of", "group_by_length", "cache_encoded",
-               "allow_unknown_tokens"}
-
-
-def file_fingerprint(path: Optional[str]) -> Optional[list]:
-    if not path:
-        return None
-    stat = os.stat(path)
-    return [os.path.abspath(path), stat.st_size, stat.st_mtime_ns]
+               "allow_unknown_tokens", "num_proc"}
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
@@ -57,25 +49,4 @@ def code_fingerprint() -> str:
 def entry_path(root: Path, parts: dict[str, Any]) -> Path:
     parts = {**parts, "format_version": FORMAT_VERSION, "code": code_fingerprint()}
     key = hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
-    return root / f"{parts.get('split', 'split')}-{key[:32]}.pkl"
-
-
-def load(path: Path) -> Optional[Any]:
-    try:
-        with open(path, "rb") as f:
-            return pickle.load(f)
-    except Exception:  # absent, or unreadable: encode again (and overwrite it)
-        return None
-
-
-def save(path: Path, value: Any) -> None:
-    """Atomic: a concurrent reader (another rank, another run) sees the whole entry or none."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            pickle.dump(value, f, protocol=pickle.HIGHEST_PROTOCOL)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    return root / f"{parts.get('split', 'split')}-{key[:32]}"

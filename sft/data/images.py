@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from sft.data.processor import Processor
-from sft.data.sources import DataError, Table, read_class_folder, read_table
+from sft.data.sources import DataError, Table, is_saved_dataset, read_class_folder, read_table
 from sft.data.text_classification import label_id, label_key, sorted_labels
 
 log = logging.getLogger(__name__)
@@ -57,15 +57,13 @@ def read_image_arrays(path: Path, key: str) -> Table:
     return Table(str(path), rows, [f"{path} item {i}" for i in range(len(rows))], ["image", "label"], names)
 
 
-def read_source(path: str | Path, key: str = "data file") -> Table:
-    path = Path(path)
-    if not path.exists():
-        raise DataError(f"{key}: not found: {path} (resolved to {path.absolute()})")
-    if path.is_dir():
-        return read_image_folder(path, key)
-    if path.suffix == ".npz":
-        return read_image_arrays(path, key)
-    return read_table(path, key)
+def read_source(path, key: str = "data file", encoding: str = "utf-8") -> Table:
+    """A class folder, an .npz of arrays, or record files (one, a glob or a list; or a save_to_disk folder)."""
+    if isinstance(path, (str, Path)) and Path(path).is_dir() and not is_saved_dataset(Path(path)):
+        return read_image_folder(Path(path), key)
+    if isinstance(path, (str, Path)) and Path(path).suffix == ".npz" and Path(path).is_file():
+        return read_image_arrays(Path(path), key)
+    return read_table(path, key, encoding)
 
 
 # -- decoding -------------------------------------------------------------------------------------
@@ -259,8 +257,8 @@ class ImageClassificationProcessor(Processor):
         self.input["mean"], self.input["std"] = list(self.input["mean"]), list(self.input["std"])
         log.info("[data] images: %s", self.input)
 
-    def read_source(self, path: str, key: str) -> Table:
-        return read_source(path, key)
+    def read_source(self, path, key: str, encoding: str = "utf-8") -> Table:
+        return read_source(path, key, encoding)
 
     def make_collator(self, pad_to_multiple_of=None, train: bool = False) -> ImageCollator:
         spec = self.input
@@ -319,6 +317,10 @@ class ImageClassificationProcessor(Processor):
             return f"not a readable image ({type(e).__name__}: {e})"
         return None
 
+    def check_encoded(self, table: Table, count: int, report) -> None:
+        if count == 0:
+            raise DataError(f"{table.path}: no readable images left after skipping {report.skipped} bad ones")
+
     def record_fields(self, table: Table, index: int, example: dict) -> dict:
         return {"image": example["image"] if isinstance(example["image"], str) else None}
 
@@ -352,7 +354,5 @@ class ImageClassificationProcessor(Processor):
         if report.skipped:
             log.warning("[data] %s: skipped %d bad images (data.on_bad_image=skip); first: %s",
                         table.path, report.skipped, report.bad_images[0])
-        if not examples:
-            raise DataError(f"{table.path}: no readable images left after skipping {report.skipped} bad ones")
         return examples, report
 

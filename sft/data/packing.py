@@ -18,6 +18,7 @@ from __future__ import annotations
 import bisect
 from typing import Iterator, Optional, Sequence
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset
 
@@ -26,16 +27,18 @@ from sft.data.samplers import ResumableSampler
 IGNORE = -100
 
 
-def pack_examples(examples: Sequence[dict], max_length: int) -> list[dict]:
+def pack_plan(lengths: Sequence[int], max_length: int) -> list[list[int]]:
     """Best-fit decreasing: longest example first, each into the open row with the least room
-    that still fits it. Rows hold input_ids, labels and per-example position_ids."""
-    order = sorted(range(len(examples)), key=lambda i: -len(examples[i]["input_ids"]))
+    that still fits it. Returns the example indices of each row."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    too_long = np.flatnonzero(lengths > max_length)
+    if len(too_long):
+        raise ValueError(f"example of {lengths[too_long[0]]} tokens exceeds the packing length {max_length}; truncate first")
+    order = np.argsort(-lengths, kind="stable")
     rows: list[list[int]] = []  # example indices per row
     free: list[tuple[int, int]] = []  # (room left, row index), kept sorted
-    for i in order:
-        n = len(examples[i]["input_ids"])
-        if n > max_length:
-            raise ValueError(f"example of {n} tokens exceeds the packing length {max_length}; truncate first")
+    for i in order.tolist():
+        n = int(lengths[i])
         k = bisect.bisect_left(free, (n, -1))
         if k < len(free):
             room, row = free.pop(k)
@@ -44,15 +47,16 @@ def pack_examples(examples: Sequence[dict], max_length: int) -> list[dict]:
         else:
             rows.append([i])
             bisect.insort(free, (max_length - n, len(rows) - 1))
-    packed = []
-    for members in rows:
-        ids, labels, positions = [], [], []
-        for i in members:
-            ids += examples[i]["input_ids"]
-            labels += examples[i]["labels"]
-            positions += list(range(len(examples[i]["input_ids"])))
-        packed.append({"input_ids": ids, "labels": labels, "position_ids": positions, "documents": len(members)})
-    return packed
+    return rows
+
+
+def pack_examples(examples: Sequence[dict], max_length: int) -> list[dict]:
+    """The examples packed into rows of at most `max_length` tokens (pack_plan); rows hold
+    input_ids, labels and per-example position_ids."""
+    from sft.data.examples import ListExamples, PackedExamples
+
+    items = ListExamples(list(examples))
+    return list(PackedExamples(items, pack_plan(items.lengths(), max_length)))
 
 
 class CausalLMCollator:

@@ -6,19 +6,23 @@ the rest (a no-op or the single-label behaviour).
 
 from __future__ import annotations
 
-from typing import Any, Iterator, Optional
+from typing import TYPE_CHECKING, Any, Iterator, Optional
 
-from sft.data.sources import Table, read_table
+from sft.data.sources import DataError, Table, read_table
+
+if TYPE_CHECKING:
+    from sft.data.examples import Examples
 
 
 class Processor:
     label_names: Optional[list[str]] = None
     step_normalized: bool = False  # training batches carry their optimizer step's supervised-token count
+    index_fields: tuple[str, ...] = ("row",)  # example fields that hold the index of their record in the table
 
     # -- reading and learning from the training split --------------------------------------------
-    def read_source(self, path: str, key: str) -> Table:
-        """The records of one source (a file; image tasks also read folders and arrays)."""
-        return read_table(path, key)
+    def read_source(self, path, key: str, encoding: str = "utf-8") -> Table:
+        """The records of one source (files; image and audio tasks also read folders and arrays)."""
+        return read_table(path, key, encoding)
 
     def fit(self, train: Table) -> list[str]:
         """Build the label map from the training records (unless one was given) and return it."""
@@ -36,7 +40,16 @@ class Processor:
     def audit_cached(self, table: Table) -> None:
         """Log what encoding would log, for a split read from the encode cache."""
 
-    def arrange(self, split: str, examples: list[dict]) -> list[dict]:
+    def for_workers(self) -> "Processor":
+        """The processor that encodes the batches after the first (e.g. without the audit log)."""
+        return self
+
+    def check_encoded(self, table: Table, count: int, report: Any) -> None:
+        """Called once a whole split is encoded: a split that kept no example is an error."""
+        if count == 0:
+            raise DataError(f"{table.path}: no example was kept (see data_report: {report.as_dict()})")
+
+    def arrange(self, split: str, examples: Examples) -> Examples:
         """The examples as the split's dataset holds them (e.g. packed rows for training)."""
         return examples
 

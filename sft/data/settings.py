@@ -11,10 +11,18 @@ from sft.options import option
 @dataclass
 class DataSettings:
     tokenizer: Optional[str] = option(None, "the tokenizer (text tasks: the backbone's, model.pretrained)")
-    train_file: Optional[str] = option(None, "your training file (CSV, TSV, JSON, JSONL, Parquet, CoNLL) or folder")
-    val_file: Optional[str] = option(None, "validation file (null: carve val_fraction off train)")
-    test_file: Optional[str] = option(None, "test file (null: carve test_fraction off train)")
-    dataset: Optional[str] = option(None, "a catalog data set instead of train_file")
+    train_file: Union[str, list, None] = option(None, "your training file (CSV, TSV, JSON, JSONL, Parquet, CoNLL), a glob "
+                                                 "or list of shards, a save_to_disk folder, or a folder")
+    val_file: Union[str, list, None] = option(None, "validation file(s) (null: the source's val split, or carve val_fraction off train)")
+    test_file: Union[str, list, None] = option(None, "test file(s) (null: the source's test split, or carve test_fraction off train)")
+    dataset: Optional[str] = option(None, "a catalog data set, or hf:OWNER/NAME (a Hugging Face dataset), instead of train_file")
+    dataset_config: Optional[str] = option(None, "hf: datasets: the configuration (subset) name")
+    train_split: str = option("train", "hf: datasets and DatasetDict folders: the training split")
+    val_split: Optional[str] = option("validation", "hf: datasets and DatasetDict folders: the validation split (absent: carved)")
+    test_split: Optional[str] = option("test", "hf: datasets and DatasetDict folders: the test split (absent: carved)")
+    encoding: str = option("utf-8", "text encoding of CSV/TSV/JSON/JSONL/CoNLL files (e.g. latin-1)")
+    num_proc: Optional[int] = option(None, "processes that tokenize large splits (null: the CPUs available)", min=1)
+    streaming: bool = option(False, "read train_file as a stream, encoded on the fly (corpora larger than memory or disk)")
     text_column: str = option("text", "field holding the text")
     text_pair_column: Optional[str] = option(None, "field holding the second text of a pair")
     label_column: Union[str, list] = option("label", "field holding the label (regression: one or several columns)")

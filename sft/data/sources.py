@@ -1,23 +1,37 @@
-"""Read users' record files by extension, remembering where each record came from.
+"""Read users' records, remembering where each record came from.
 
-Every record keeps a location ("train.csv:12", "data.parquet row 7") so that any later
-error about it can name the file and the line.
+Files (CSV, TSV, JSON, JSONL, Parquet, CoNLL; plain, .gz or .bz2; one, a list or a glob of
+shards) are parsed once by the readers below and written to a memory-mapped Arrow file under
+$SFT_CACHE/records/, keyed by the files' path, size and modification time: a second launch on
+unchanged files reads nothing again, and a million records cost disk, not memory. Folders
+written by `Dataset.save_to_disk` and Hugging Face datasets (`hf:OWNER/NAME`) are Arrow already.
+
+Every record keeps a location ("train.csv:12", "data.parquet row 7", "hf:imdb train row 3") so
+that any later error about it can name the file and the line.
 """
 
 from __future__ import annotations
 
 import bz2
 import csv
+import glob
 import gzip
+import hashlib
 import json
+import logging
+import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator, Optional, Sequence, Union
 
 from sft.data.conll import read_conll
 from sft.errors import DataError
 
-__all__ = ["DataError", "Table", "read_table"]
+__all__ = ["ArrowTable", "DataError", "Table", "read_table", "expand_files"]
+
+log = logging.getLogger(__name__)
+RECORDS_FORMAT = 1  # bump when the stored layout of read records changes
 
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet",
            ".conll": "conll", ".iob": "conll", ".bio": "conll"}
@@ -26,10 +40,12 @@ COMPRESSIONS = {".gz": gzip.open, ".bz2": bz2.open}
 
 @dataclass
 class Table:
-    """Records of one file, each with the location it was read from."""
+    """Records of a small source held in memory (a class folder, decoded arrays, a few records built
+    in code), each with the location it was read from. Files and Hugging Face datasets are read into
+    an `ArrowTable` instead, which has the same interface."""
 
     path: str
-    rows: list[dict[str, Any]]
+    rows: Sequence[dict[str, Any]]
     locations: list[str]
     columns: list[str] = field(default_factory=list)
     label_order: Optional[list[str]] = None  # the source's own class order (array data sets), if it has one
@@ -40,11 +56,15 @@ class Table:
     def where(self, index: int) -> str:
         return self.locations[index]
 
-    def subset(self, indices: list[int]) -> "Table":
+    def subset(self, indices: Sequence[int]) -> "Table":
         return Table(self.path, [self.rows[i] for i in indices], [self.locations[i] for i in indices], self.columns,
                      self.label_order)
 
-    def require_columns(self, columns: dict[str, str]) -> None:
+    def fingerprint(self) -> Optional[str]:
+        """What identifies these records for the encode cache (None: not cached)."""
+        return None
+
+    def require_columns(self, columns: dict[str, Optional[str]]) -> None:
         """`columns` maps config key -> column name; every named column must exist."""
         for key, column in columns.items():
             if column is not None and column not in self.columns:
@@ -68,8 +88,8 @@ def file_format(path: Path) -> tuple[str, Any]:
     return FORMATS[suffixes[-1]], opener
 
 
-def _read_delimited(path: Path, opener, delimiter: str) -> Iterator[tuple[str, dict]]:
-    with opener(path, "rt", encoding="utf-8-sig", newline="") as f:
+def _read_delimited(path: Path, opener, delimiter: str, encoding: str) -> Iterator[tuple[str, dict]]:
+    with opener(path, "rt", encoding=encoding, newline="") as f:
         reader = csv.reader(f, delimiter=delimiter)
         header = next(reader, None)
         if header is None:
@@ -91,8 +111,8 @@ def _read_delimited(path: Path, opener, delimiter: str) -> Iterator[tuple[str, d
             start = reader.line_num + 1
 
 
-def _read_jsonl(path: Path, opener) -> Iterator[tuple[str, dict]]:
-    with opener(path, "rt", encoding="utf-8-sig") as f:
+def _read_jsonl(path: Path, opener, encoding: str) -> Iterator[tuple[str, dict]]:
+    with opener(path, "rt", encoding=encoding) as f:
         for number, line in enumerate(f, start=1):
             if not line.strip():
                 continue
@@ -105,8 +125,8 @@ def _read_jsonl(path: Path, opener) -> Iterator[tuple[str, dict]]:
             yield f"{path}:{number}", record
 
 
-def _read_json(path: Path, opener) -> Iterator[tuple[str, dict]]:
-    with opener(path, "rt", encoding="utf-8-sig") as f:
+def _read_json(path: Path, opener, encoding: str) -> Iterator[tuple[str, dict]]:
+    with opener(path, "rt", encoding=encoding) as f:
         try:
             data = json.load(f)
         except json.JSONDecodeError as e:
@@ -125,21 +145,24 @@ def _read_parquet(path: Path) -> Iterator[tuple[str, dict]]:
     import pyarrow.parquet as pq
 
     try:
-        rows = pq.read_table(path).to_pylist()
-    except Exception as e:  # pyarrow raises several types for a broken file
+        batches = pq.ParquetFile(path).iter_batches(batch_size=10_000)
+        number = 0
+        for batch in batches:
+            for record in batch.to_pylist():
+                number += 1
+                yield f"{path} row {number}", record
+    except (OSError, ValueError) as e:  # pyarrow's errors for a broken file derive from these
         raise DataError(f"{path}: not a readable Parquet file ({e})") from None
-    for number, record in enumerate(rows, start=1):
-        yield f"{path} row {number}", record
 
 
-def decode_error(path: Path, opener, error: UnicodeDecodeError) -> DataError:
-    """A DataError naming the file, line and byte of the first text that is not UTF-8."""
+def decode_error(path: Path, opener, error: UnicodeDecodeError, encoding: str = "utf-8") -> DataError:
+    """A DataError naming the file, line and byte of the first text that is not in `encoding`."""
     line_number, column = None, None
     try:
         with opener(path, "rb") as f:
             for number, raw in enumerate(f, start=1):
                 try:
-                    raw.decode("utf-8")
+                    raw.decode(encoding)
                 except UnicodeDecodeError as e:
                     line_number, column, bad = number, e.start + 1, raw[e.start:e.start + 1]
                     break
@@ -147,40 +170,303 @@ def decode_error(path: Path, opener, error: UnicodeDecodeError) -> DataError:
         pass
     where = f"{path}:{line_number}" if line_number else str(path)
     at = f" (byte 0x{bad.hex()} at column {column})" if line_number else f" ({error.reason})"
-    return DataError(f"{where}: not valid UTF-8 text{at}; save the file as UTF-8 (for example "
-                     f"`iconv -f latin1 -t utf-8 {path.name} > utf8-{path.name}`)")
+    name = "UTF-8" if encoding.lower().replace("_", "-") in ("utf-8", "utf8", "utf-8-sig") else encoding
+    return DataError(f"{where}: not valid {name} text{at}; set data.encoding to the file's encoding (for "
+                     f"example data.encoding=latin-1) or save it as UTF-8 (`iconv -f latin1 -t utf-8 {path.name} > "
+                     f"utf8-{path.name}`)")
 
 
-def read_table(path: str | Path, key: str = "data file") -> Table:
-    """All records of one file; `key` is the config key that named it, for error messages."""
-    path = Path(path)
-    if not path.exists():
-        raise DataError(f"{key}: file not found: {path} (resolved to {path.absolute()})")
-    if path.is_dir():
-        raise DataError(f"{key}: {path} is a folder; expected a file")
+def iter_records(path: Path, encoding: str = "utf-8") -> Iterator[tuple[str, dict]]:
+    """(location, record) for each record of one file, parsed by its extension."""
     kind, opener = file_format(path)
+    text_encoding = "utf-8-sig" if encoding.lower().replace("_", "-") in ("utf-8", "utf8") else encoding
     if kind in ("csv", "tsv"):
-        records = _read_delimited(path, opener, "," if kind == "csv" else "\t")
+        records = _read_delimited(path, opener, "," if kind == "csv" else "\t", text_encoding)
     elif kind == "jsonl":
-        records = _read_jsonl(path, opener)
+        records = _read_jsonl(path, opener, text_encoding)
     elif kind == "json":
-        records = _read_json(path, opener)
+        records = _read_json(path, opener, text_encoding)
     elif kind == "conll":
-        records = read_conll(path, opener)
+        records = read_conll(path, opener, text_encoding)
     else:
         records = _read_parquet(path)
-    rows, locations, columns = [], [], {}
     try:
-        for location, record in records:
-            locations.append(location)
-            rows.append(record)
-            for column in record:
-                columns.setdefault(column, None)
+        yield from records
     except UnicodeDecodeError as error:
-        raise decode_error(path, opener, error) from None
-    if not rows:
-        raise DataError(f"{key}: {path} holds no records")
-    return Table(str(path), rows, locations, list(columns))
+        raise decode_error(path, opener, error, encoding) from None
+
+
+GLOB_CHARACTERS = set("*?[")
+
+
+def expand_files(value: Union[str, Path, Sequence], key: str) -> list[Path]:
+    """The files a data.*_file setting names: one path, a glob (`shards/train-*.parquet`) or a list
+    of either, in the order given (a glob's matches sorted)."""
+    items = [value] if isinstance(value, (str, Path)) else list(value)
+    if not items:
+        raise DataError(f"{key}: an empty list; expected a file, a glob or a list of files")
+    files: list[Path] = []
+    for item in items:
+        text = str(item)
+        if GLOB_CHARACTERS & set(text) and not Path(text).exists():
+            matches = sorted(glob.glob(text, recursive=True))
+            if not matches:
+                raise DataError(f"{key}: the pattern {text!r} matches no file (resolved to {Path(text).absolute()})")
+            files += [Path(m) for m in matches]
+        else:
+            files.append(Path(text))
+    return files
+
+
+def read_table(path: Union[str, Path, Sequence], key: str = "data file", encoding: str = "utf-8") -> "Table":
+    """All records of one file, a glob or a list of files (or a saved Hugging Face dataset folder),
+    as a memory-mapped ArrowTable; `key` is the config key that named them, for error messages."""
+    files = expand_files(path, key)
+    tables = []
+    for file in files:
+        if not file.exists():
+            raise DataError(f"{key}: not found: {file} (resolved to {file.absolute()}); expected a file, a folder or a glob")
+        if file.is_dir():
+            if not is_saved_dataset(file):
+                raise DataError(f"{key}: {file} is a folder; expected a file (or a folder written by "
+                                f"Dataset.save_to_disk)")
+            tables.append(read_saved_dataset(file, key))
+        else:
+            tables.append(read_records_file(file, key, encoding))
+    if len(tables) == 1:
+        return tables[0]
+    return ArrowTable.concatenate(tables, str(path) if isinstance(path, (str, Path)) else ",".join(map(str, path)))
+
+
+# -- Arrow-backed tables -------------------------------------------------------------------------------
+WHERE, RECORD, ROW = "__where", "__record", "__row"
+
+
+class ArrowRows(Sequence):
+    """The records of an ArrowTable as a read-only sequence of dicts, decoded on access."""
+
+    def __init__(self, table: "ArrowTable"):
+        self.table = table
+
+    def __len__(self) -> int:
+        return len(self.table.dataset)
+
+    def __getitem__(self, index):  # type: ignore[override]
+        if isinstance(index, slice):
+            return self.table.decode_batch(self.table.dataset[index])[0]
+        if index < 0:
+            index += len(self)
+        return self.table.decode_batch(self.table.dataset[index:index + 1])[0][0]
+
+    def __iter__(self) -> Iterator[dict]:
+        for batch in self.table.dataset.iter(batch_size=2000):
+            yield from self.table.decode_batch(batch)[0]
+
+    def __eq__(self, other) -> bool:  # compares as the list of records it stands for
+        if isinstance(other, (list, tuple, ArrowRows)):
+            return list(self) == list(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+class ArrowTable(Table):
+    """Records in a memory-mapped Arrow dataset (`datasets.Dataset`). Two layouts:
+    read from files: the JSON text of each record and its location (`__record`, `__where`);
+    a Hugging Face dataset: its own typed columns and the original row number (`__row`)."""
+
+    def __init__(self, path: str, dataset, columns: list[str], origin: Optional[str] = None,
+                 label_order: Optional[list[str]] = None, fingerprint: Optional[str] = None):
+        self.path = path
+        self.dataset = dataset
+        self.columns = list(columns)
+        self.origin = origin  # Hugging Face datasets: what a location names before "row N"
+        self.label_order = label_order
+        self._fingerprint = fingerprint or dataset._fingerprint
+        self.rows = ArrowRows(self)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def decode_batch(self, batch: dict[str, list]) -> tuple[list[dict], list[str]]:
+        """(records, locations) of a batch of the Arrow columns, as `Dataset.map` or slicing gives it."""
+        if RECORD in batch:
+            return [json.loads(text) for text in batch[RECORD]], list(batch[WHERE])
+        names = [c for c in batch if c != ROW]
+        records = [dict(zip(names, values)) for values in zip(*(batch[c] for c in names))]
+        return records, [f"{self.origin} row {row + 1}" for row in batch[ROW]]
+
+    @property  # type: ignore[override]
+    def locations(self) -> list[str]:
+        """Every record's location (reads the whole location column: for tests and small tables)."""
+        if WHERE in self.dataset.column_names:
+            return list(self.dataset[WHERE])
+        return [f"{self.origin} row {row + 1}" for row in self.dataset[ROW]]
+
+    def where(self, index: int) -> str:
+        if index < 0:
+            index += len(self)
+        column = WHERE if WHERE in self.dataset.column_names else ROW
+        value = self.dataset.select_columns([column])[index][column]
+        return value if column == WHERE else f"{self.origin} row {value + 1}"
+
+    def in_memory(self, batch: dict[str, list]) -> Table:
+        """A plain Table of one batch of this table's Arrow columns (what processors encode)."""
+        records, locations = self.decode_batch(batch)
+        return Table(self.path, records, locations, self.columns, self.label_order)
+
+    def subset(self, indices: Sequence[int]) -> "ArrowTable":
+        import numpy as np
+
+        positions = np.asarray(indices, dtype=np.int64)
+        digest = hashlib.sha256(self._fingerprint.encode() + positions.tobytes()).hexdigest()[:32]
+        return ArrowTable(self.path, self.dataset.select(positions, new_fingerprint=digest), self.columns, self.origin,
+                          self.label_order, digest)
+
+    def fingerprint(self) -> Optional[str]:
+        return self._fingerprint
+
+    @staticmethod
+    def concatenate(tables: list["ArrowTable"], path: str) -> "ArrowTable":
+        from datasets import concatenate_datasets
+
+        layouts = {RECORD in t.dataset.column_names for t in tables}
+        if len(layouts) > 1:
+            raise DataError(f"{path}: mixes record files with saved datasets; list one kind")
+        if False in layouts:  # typed columns: one location column for all shards
+            origins = {t.origin for t in tables}
+            if len(origins) > 1:
+                tables = [t.with_locations() for t in tables]
+        columns: dict[str, None] = {}
+        for t in tables:
+            columns.update(dict.fromkeys(t.columns))
+        digest = hashlib.sha256("".join(t._fingerprint for t in tables).encode()).hexdigest()[:32]
+        first = tables[0]
+        return ArrowTable(path, concatenate_datasets([t.dataset for t in tables]), list(columns), first.origin,
+                          first.label_order, digest)
+
+    def with_locations(self) -> "ArrowTable":
+        """The same records in the file layout (JSON records and locations), so that shards of
+        different origins can be joined."""
+        from datasets import Dataset
+
+        where = [f"{self.origin} row {row + 1}" for row in self.dataset[ROW]]
+        records = [json.dumps(r, ensure_ascii=False, default=str) for r in self.rows]
+        dataset = Dataset.from_dict({WHERE: where, RECORD: records})
+        return ArrowTable(self.path, dataset, self.columns, None, self.label_order, self._fingerprint)
+
+
+def _records_cache_file(path: Path, encoding: str) -> Path:
+    from sft.assets import cache_root
+
+    stat = path.stat()
+    key = json.dumps([RECORDS_FORMAT, str(path.absolute()), stat.st_size, stat.st_mtime_ns, encoding])
+    return cache_root() / "records" / f"{path.name}-{hashlib.sha256(key.encode()).hexdigest()[:24]}.arrow"
+
+
+def read_records_file(path: Path, key: str, encoding: str = "utf-8") -> ArrowTable:
+    """One file's records as an ArrowTable, parsed once and kept in $SFT_CACHE/records/."""
+    import pyarrow as pa
+    from datasets import Dataset
+
+    target = _records_cache_file(path, encoding)
+    meta_file = target.with_suffix(".json")
+    if not (target.is_file() and meta_file.is_file()):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        schema = pa.schema([(WHERE, pa.string()), (RECORD, pa.large_string())])
+        columns: dict[str, None] = {}
+        count = 0
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=target.name, suffix=".tmp")
+        os.close(fd)
+        try:
+            with pa.OSFile(tmp, "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
+                where: list[str] = []
+                records: list[str] = []
+                for location, record in iter_records(path, encoding):
+                    where.append(location)
+                    records.append(json.dumps(record, ensure_ascii=False, default=str))
+                    if len(columns) < 10_000:
+                        columns.update(dict.fromkeys(record))
+                    if len(where) == 20_000:
+                        writer.write_batch(pa.record_batch([where, records], schema=schema))
+                        count += len(where)
+                        where, records = [], []
+                if where:
+                    writer.write_batch(pa.record_batch([where, records], schema=schema))
+                    count += len(where)
+            if count == 0:
+                raise DataError(f"{key}: {path} holds no records")
+            meta_file.write_text(json.dumps({"columns": list(columns), "records": count, "file": str(path)}))
+            os.replace(tmp, target)  # complete entries only: a reader sees the whole file or none
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+        log.debug("%s: %d records read into %s", path, count, target)
+    meta = json.loads(meta_file.read_text())
+    dataset = Dataset.from_file(str(target))
+    return ArrowTable(str(path), dataset, meta["columns"], fingerprint=target.stem)
+
+
+def is_saved_dataset(folder: Path) -> bool:
+    """A folder written by Dataset.save_to_disk (state.json) or DatasetDict.save_to_disk (dataset_dict.json)."""
+    return (folder / "state.json").is_file() or (folder / "dataset_dict.json").is_file()
+
+
+def hf_table(dataset, origin: str, path: str) -> ArrowTable:
+    """An ArrowTable over a `datasets.Dataset`, each row located as "<origin> row N"."""
+    import numpy as np
+
+    if ROW not in dataset.column_names:
+        dataset = dataset.add_column(ROW, np.arange(len(dataset), dtype=np.int64),
+                                     new_fingerprint=hashlib.sha256(f"{dataset._fingerprint}{ROW}".encode()).hexdigest()[:32])
+    label_order = None
+    features = getattr(dataset, "features", None) or {}
+    for feature in features.values():  # a ClassLabel column: the dataset's own class order
+        if type(feature).__name__ == "ClassLabel":
+            label_order = list(feature.names)
+    columns = [c for c in dataset.column_names if c != ROW]
+    if not len(dataset):
+        raise DataError(f"{origin}: holds no records")
+    return ArrowTable(path, dataset, columns, origin, label_order)
+
+
+def read_saved_dataset(folder: Path, key: str, split: str = "train") -> ArrowTable:
+    """A folder written by `save_to_disk`: a Dataset, or split `split` of a DatasetDict."""
+    from datasets import load_from_disk
+
+    try:
+        loaded = load_from_disk(str(folder))
+    except Exception as e:  # datasets raises several types for a broken folder
+        raise DataError(f"{key}: {folder} is not a readable saved dataset ({type(e).__name__}: {e})") from None
+    if hasattr(loaded, "keys"):  # a DatasetDict
+        if split not in loaded:
+            raise DataError(f"{key}: {folder} has the splits {sorted(loaded)}, not {split!r}; set data.train_split "
+                            f"(and data.val_split, data.test_split) to the ones to use")
+        return hf_table(loaded[split], f"{folder} [{split}]", str(folder))
+    return hf_table(loaded, str(folder), str(folder))
+
+
+def load_hf_dataset(name: str, config: Optional[str], key: str = "data.dataset") -> dict:
+    """The splits of the Hugging Face dataset `name` (without the hf: prefix) as {split: Dataset}: from
+    the hub, or offline (HF_DATASETS_OFFLINE=1 / HF_HUB_OFFLINE=1) from the local datasets cache."""
+    import datasets
+
+    try:
+        loaded = datasets.load_dataset(name, config)
+    except Exception as e:  # not on the hub and not cached, no network, a wrong config: all end here
+        offline = os.environ.get("HF_DATASETS_OFFLINE") == "1" or os.environ.get("HF_HUB_OFFLINE") == "1"
+        raise DataError(
+            f"{key}=hf:{name}{f' (data.dataset_config={config})' if config else ''}: neither the Hugging Face hub"
+            f"{' (offline mode is on)' if offline else ''} nor the local datasets cache "
+            f"({datasets.config.HF_DATASETS_CACHE}) has it ({type(e).__name__}: {str(e).splitlines()[0][:300]}). "
+            f"Point at local files instead: data.train_file=PATH (CSV, JSONL, Parquet, a glob of shards, or a folder "
+            f"written by save_to_disk), with data.val_file and data.test_file") from None
+    return dict(loaded)
+
+
+def saved_dataset_splits(folder: Path) -> list[str]:
+    """The split names of a DatasetDict folder ([] for a single Dataset)."""
+    index = folder / "dataset_dict.json"
+    return list(json.loads(index.read_text()).get("splits", [])) if index.is_file() else []
 
 
 def read_class_folder(root: Path, key: str, suffixes, kind: str, layout: str) -> Table:

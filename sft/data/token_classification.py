@@ -95,6 +95,7 @@ class TokenCollator(PaddingCollator):
 
 
 class TokenClassificationProcessor(Processor):
+    index_fields = ("sentence_index",)
     def __init__(self, tokenizer, text_column: str = "tokens", label_column: str = "tags",
                  text_pair_column: str | None = None, max_length: int = 128, label_names: list[str] | None = None,
                  tag_column: int = -1, tag_scheme: str = "auto", label_all_subwords: bool = False, stride: int = 32):
