@@ -281,7 +281,7 @@ def listing_with_bad_images(tmp_path) -> Path:
     listing = write_listing(root, per_class=4, kind="csv")
     (root / "images" / "0.jpg").write_bytes(b"this is not an image")  # corrupt
     good = (root / "images" / "1.jpg").read_bytes()
-    (root / "images" / "1.jpg").write_bytes(good[: len(good) // 2])  # truncated
+    (root / "images" / "1.jpg").write_bytes(good[: len(good) - 200])  # truncated pixel data, intact header
     with open(listing, "a", newline="") as f:
         csv.writer(f).writerow(["images/missing.jpg", "red"])  # missing
     return listing
@@ -305,18 +305,38 @@ def test_bad_image_is_an_error_naming_it(listing_with_bad_images):
     assert "data.on_bad_image=skip" in str(error.value)
 
 
-def test_bad_images_skipped_and_counted(listing_with_bad_images):
+def test_bad_images_skipped_and_counted(listing_with_bad_images, caplog):
     dm = image_datamodule(listing_with_bad_images, on_bad_image="skip")
     dm.setup()
     total = sum(len(dm.tables()[s]) for s in ("train", "val", "test"))
     assert total == 13
+    # Setup reads headers only: the missing and the corrupt file are found now ...
     skipped = sum(dm.report[s]["skipped_bad_images"] for s in ("train", "val", "test"))
-    assert skipped == 3
-    assert sum(dm.report[s]["records"] for s in ("train", "val", "test")) == 10
+    assert skipped == 2
+    assert sum(dm.report[s]["records"] for s in ("train", "val", "test")) == 11
     reasons = " ".join(r for s in ("train", "val", "test") for r in dm.report[s]["bad_images"])
-    assert "missing.jpg: file not found" in reasons and reasons.count("not a readable image") == 2
-    batch = next(iter(dm.train_dataloader()))
-    assert batch["pixel_values"].shape[1:] == (3, 32, 32)
+    assert "missing.jpg: file not found" in reasons and reasons.count("not a readable image") == 1
+    # ... the truncated one (a valid header) when its batch is decoded: skipped there, and named in the log.
+    with caplog.at_level("WARNING", logger="sft.data.images"):
+        images = sum(len(batch["pixel_values"]) for loader in (dm.train_dataloader(), dm.val_dataloader(), dm.test_dataloader())
+                     for batch in loader)
+    assert images == 10
+    assert sum("1.jpg: its pixels could not be decoded" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_setup_decodes_no_image(listing_with_bad_images, monkeypatch):
+    """A launch reads image headers, never pixels: decoding happens per batch in the workers."""
+    from sft.data import images
+
+    decoded = []
+    original = images.open_image
+    monkeypatch.setattr(images, "open_image", lambda path, mode: decoded.append(path) or original(path, mode))
+    dm = image_datamodule(listing_with_bad_images, on_bad_image="skip")
+    dm.setup()
+    assert decoded == []
+    dm.processor.on_bad_image = "error"  # the same file under the default policy: an error naming it
+    with pytest.raises(DataError, match=r"images/1\.jpg: its pixels could not be decoded.*data.on_bad_image=skip"):
+        dm.processor.make_collator(None)([{"image": str(listing_with_bad_images.parent / "images" / "1.jpg"), "labels": 0}])
 
 
 def test_missing_image_folder(tmp_path):

@@ -20,7 +20,7 @@ from sft.data.examples import ArrowExamples, Examples, encode_table
 from sft.data.processor import Processor
 from sft.data.samplers import ResumableSampler
 from sft.data.settings import DataSettings
-from sft.data.sources import DataError, Table, hf_table, is_saved_dataset, load_hf_dataset, saved_dataset_splits
+from sft.data.sources import DataError, StreamTable, Table, expand_files, hf_table, is_saved_dataset, load_hf_dataset, saved_dataset_splits
 from sft.errors import ConfigError
 from sft.options import as_dict, check_options
 from sft.tasks import Task, get_task, plain
@@ -124,6 +124,7 @@ class SFTDataModule(L.LightningDataModule):
         self.report: dict[str, dict] = {}
         self._train_sampler: Optional[ResumableSampler] = None
         self._resume_order: Optional[dict] = None  # where a resumed run continues the data order
+        self._stream = None  # data.streaming: the training stream
 
     # -- data ------------------------------------------------------------------------------
     def prepare_data(self) -> None:
@@ -172,7 +173,9 @@ class SFTDataModule(L.LightningDataModule):
         hp = self.hparams
         path, key = self._train_source()
         read = partial(self.processor.read_source, encoding=hp.encoding)  # images, audio: folders and arrays too
-        own = self._source_splits()
+        own = {} if hp.streaming else self._source_splits()
+        if hp.streaming:
+            return self._streamed_tables(path, key, read)
         train = own["train"] if "train" in own else read(path, key)
         in_file = len(train)  # data.*_fraction are shares of the whole training file
         tables = {}
@@ -196,6 +199,23 @@ class SFTDataModule(L.LightningDataModule):
                            f"(data.max_train_records={hp.max_train_records})")
             train = train.subset(kept)
         tables["train"] = train
+        self._tables = tables
+        return tables
+
+    def _streamed_tables(self, path, key: str, read) -> dict[str, Table]:
+        """data.streaming=true: the training files as a stream; validation and test read as usual."""
+        hp = self.hparams
+        if hp.dataset and hp.dataset.startswith("hf:"):
+            raise ConfigError("data.streaming=true reads files (data.train_file); for a Hugging Face dataset, "
+                              "save it to Parquet or JSONL shards and give those")
+        tables: dict[str, Table] = {"train": StreamTable(expand_files(path, key), key, hp.encoding)}
+        for split, file in (("val", hp.val_file), ("test", hp.test_file)):
+            if file is None and hp.dataset:
+                file = assets.split_file(hp.dataset, split)
+            if file is None:
+                raise ConfigError(f"data.streaming=true: set data.{split}_file (a stream cannot be split by "
+                                  f"fraction: its length is unknown until it has been read)")
+            tables[split] = read(file, f"data.{split}_file")
         self._tables = tables
         return tables
 
@@ -247,6 +267,8 @@ class SFTDataModule(L.LightningDataModule):
         return self._tokenizer_digest
 
     def encoded(self, split: str) -> EncodedDataset:
+        if split == "train" and self.hparams.streaming:
+            raise DataError("data.streaming=true: the training split is encoded as it streams, never as a whole")
         if split not in self._encoded:
             self.label_names  # noqa: B018 - the label map must exist before encoding
             examples, report = encode_table(self.processor, self.tables()[split], split,
@@ -274,6 +296,12 @@ class SFTDataModule(L.LightningDataModule):
     def setup(self, stage: Optional[str] = None) -> None:
         splits = {"fit": ["train", "val"], "validate": ["val"], "test": ["test"], "predict": ["test"]}
         for split in splits.get(stage, ["train", "val", "test"]):
+            if split == "train" and self.hparams.streaming:
+                self.label_names  # noqa: B018 - one pass over the stream, unless data.label_names is set
+                self.processor.audit_cached(self.tables()["train"].head(64))  # the first records, as encoding shows them
+                self.report["train"] = {"streaming": True, "source": self.tables()["train"].path,
+                                        "records": "counted as they stream"}
+                continue
             self.encoded(split)
 
     # -- loaders ---------------------------------------------------------------------------
@@ -332,7 +360,28 @@ class SFTDataModule(L.LightningDataModule):
         return self.processor.generation_examples(self.tables()[split], limit)
 
 
+    def _streamed_loader(self) -> DataLoader:
+        from sft.data.streaming import EpochLoader, StreamedBatches
+
+        hp, trainer = self.hparams, self.trainer
+        if trainer is not None and trainer.max_steps < 0:
+            raise ConfigError("data.streaming=true: set trainer.max_steps (a stream's length is unknown, so "
+                              "epochs and the learning-rate schedule cannot be counted in batches)")
+        stream = StreamedBatches(
+            self.tables()["train"], self.processor.for_workers(),
+            self.processor.make_collator(hp.pad_to_multiple_of, train=True), hp.batch_size, seed=self._order_seed(),
+            rank=trainer.global_rank if trainer else 0, world_size=trainer.world_size if trainer else 1,
+            pack_length=hp.max_length if getattr(self.options, "packing", False) else None,
+            max_records=hp.max_train_records)
+        if self._resume_order:
+            stream.epoch, stream.skip_batches = self._resume_order["epoch"], self._resume_order["batches_done"]
+            self._resume_order = None
+        self._stream = stream
+        return EpochLoader(stream, batch_size=None, num_workers=self.num_workers, pin_memory=torch.cuda.is_available())
+
     def train_dataloader(self) -> DataLoader:
+        if self.hparams.streaming:
+            return self._streamed_loader()
         if self.processor.step_normalized:  # causal_lm: each batch carries its optimizer step's token count
             return self._step_normalized_loader(self.hparams.batch_size, shuffle=True)
         trainer = self.trainer
@@ -355,6 +404,9 @@ class SFTDataModule(L.LightningDataModule):
         trainer = self.trainer
         if self._train_sampler is not None and trainer is not None:
             state["train_order"] = {"epoch": self._train_sampler.epoch,
+                                    "batches_done": trainer.fit_loop.epoch_loop.batch_progress.current.processed}
+        elif self._stream is not None and trainer is not None:
+            state["train_order"] = {"epoch": trainer.current_epoch,
                                     "batches_done": trainer.fit_loop.epoch_loop.batch_progress.current.processed}
         return state
 

@@ -14,9 +14,8 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import os
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 FORMAT_VERSION = 2  # 2: Arrow files written by Dataset.map (sft.data.examples)
 # Settings that change how batches are drawn, not what a split's encoded examples are.

@@ -155,11 +155,13 @@ class ImageCollator:
     """Decode (paths) or wrap (arrays), transform, stack, still as uint8: a quarter of float32's
     bytes to collate, pin and copy to the device, where `DeviceAugment` finishes the batch."""
 
-    def __init__(self, transform, channels: int):
+    def __init__(self, transform, channels: int, on_bad_image: str = "error"):
         self.transform = transform
         self.channels = channels
+        self.on_bad_image = on_bad_image
 
-    def image(self, item: dict) -> torch.Tensor:
+    def image(self, item: dict) -> Optional[torch.Tensor]:
+        """The transformed image, or None for a file whose pixels cannot be decoded (data.on_bad_image=skip)."""
         source = item["image"]
         try:
             if isinstance(source, str):
@@ -168,11 +170,21 @@ class ImageCollator:
         except Exception as e:  # in a DataLoader worker: name the file, not only the worker
             if not isinstance(item["image"], str):
                 raise
-            raise DataError(f"{item['image']}: could not be read while loading a batch ({type(e).__name__}: {e}); "
-                            "it was readable when the data was checked, so it changed or is unreadable now") from e
+            # Setup checks only that each file exists and has an image header; a file whose pixel data is
+            # truncated or corrupt is found here, when its batch is built.
+            problem = f"{item['image']}: its pixels could not be decoded ({type(e).__name__}: {e})"
+            if self.on_bad_image == "skip":
+                log.warning("[data] skipped a bad image while loading a batch (data.on_bad_image=skip): %s", problem)
+                return None
+            raise DataError(f"{problem}. Fix or remove it, or set data.on_bad_image=skip to skip bad images") from e
 
     def __call__(self, items: list[dict]) -> dict[str, torch.Tensor]:
-        batch = {"pixel_values": torch.stack([self.image(item) for item in items])}
+        pairs = [(item, self.image(item)) for item in items]
+        kept = [(item, image) for item, image in pairs if image is not None]
+        if not kept:
+            raise DataError(f"every image of a batch failed to decode, e.g. {items[0]['image']}")
+        items = [item for item, _ in kept]
+        batch = {"pixel_values": torch.stack([image for _, image in kept])}
         if "labels" in items[0]:
             batch["labels"] = torch.as_tensor([item["labels"] for item in items])
         return batch
@@ -264,7 +276,7 @@ class ImageClassificationProcessor(Processor):
         spec = self.input
         options = {k: v for k, v in self.train_transforms.items() if k != "random_erasing"} if train else {}
         transform = pixel_transforms(train, spec["size"], spec["interpolation"], spec["crop_pct"], **options)
-        return ImageCollator(transform, spec["channels"])
+        return ImageCollator(transform, spec["channels"], self.on_bad_image)
 
     def on_device(self, batch: dict, train: bool) -> dict:
         """Finish a collated batch after it reached the training device (SFTDataModule calls it)."""
@@ -312,8 +324,11 @@ class ImageClassificationProcessor(Processor):
         if not os.path.isfile(path):
             return "file not found"
         try:
-            open_image(path, "RGB")
-        except Exception as e:  # PIL raises several types for unreadable, non-image or truncated files
+            from PIL import Image
+
+            with Image.open(path) as image:  # the header only: pixels are decoded per batch, in the workers
+                image.size  # noqa: B018
+        except Exception as e:  # PIL raises several types for unreadable or non-image files
             return f"not a readable image ({type(e).__name__}: {e})"
         return None
 

@@ -28,7 +28,7 @@ from typing import Any, Iterator, Optional, Sequence, Union
 from sft.data.conll import read_conll
 from sft.errors import DataError
 
-__all__ = ["ArrowTable", "DataError", "Table", "read_table", "expand_files"]
+__all__ = ["ArrowTable", "DataError", "StreamTable", "Table", "read_table", "expand_files"]
 
 log = logging.getLogger(__name__)
 RECORDS_FORMAT = 1  # bump when the stored layout of read records changes
@@ -354,6 +354,68 @@ class ArrowTable(Table):
         records = [json.dumps(r, ensure_ascii=False, default=str) for r in self.rows]
         dataset = Dataset.from_dict({WHERE: where, RECORD: records})
         return ArrowTable(self.path, dataset, self.columns, None, self.label_order, self._fingerprint)
+
+
+class StreamRows:
+    """The records of a StreamTable, read from the files on each pass (no length, no random access)."""
+
+    def __init__(self, table: "StreamTable"):
+        self.table = table
+
+    def __iter__(self) -> Iterator[dict]:
+        return (record for _, record in self.table.records())
+
+    def __getitem__(self, index):
+        if isinstance(index, slice) and index.start in (None, 0) and index.stop is not None:
+            return self.table.head(index.stop).rows
+        return self.table.head(index + 1).rows[index]
+
+    def __len__(self) -> int:
+        raise DataError(f"{self.table.path}: a streamed source (data.streaming=true) has no length")
+
+
+class StreamTable(Table):
+    """Records read lazily from files on each pass (data.streaming=true): nothing is stored, so the
+    files may be larger than memory or disk. Locations are those of the file readers."""
+
+    def __init__(self, files: list[Path], key: str, encoding: str = "utf-8"):
+        self.files = files
+        self.key = key
+        self.encoding = encoding
+        self.path = str(files[0]) if len(files) == 1 else ",".join(map(str, files))
+        self.label_order = None
+        for file in files:
+            if not file.is_file():
+                raise DataError(f"{key}: not found: {file} (resolved to {file.absolute()}); streaming reads files")
+        first = next(self.records(), None)
+        if first is None:
+            raise DataError(f"{key}: {self.path} holds no records")
+        self.columns = list(first[1])
+        self.rows = StreamRows(self)  # type: ignore[assignment]
+
+    def records(self) -> Iterator[tuple[str, dict]]:
+        for file in self.files:
+            yield from iter_records(file, self.encoding)
+
+    def head(self, count: int) -> Table:
+        """The first `count` records, in memory."""
+        rows, locations = [], []
+        for location, record in self.records():
+            if len(rows) == count:
+                break
+            rows.append(record)
+            locations.append(location)
+        return Table(self.path, rows, locations, self.columns)
+
+    def __len__(self) -> int:
+        raise DataError(f"{self.path}: a streamed source (data.streaming=true) has no length")
+
+    def where(self, index: int) -> str:
+        return self.head(index + 1).where(index)
+
+    def subset(self, indices: Sequence[int]) -> Table:
+        head = self.head(max(indices) + 1 if len(indices) else 0)
+        return head.subset([i for i in indices if i < len(head)])
 
 
 def _records_cache_file(path: Path, encoding: str) -> Path:

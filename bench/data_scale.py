@@ -1,0 +1,216 @@
+"""Data at scale, side by side: launch to first optimizer step (text classification) and to the
+first packed batch (chat), sft against the plain Hugging Face datasets path, on generated data.
+
+    python bench/compare.py data_scale --json data_scale.json
+    python bench/data_scale.py --rows 10000 1000000 --chats 200000 --stream-rows 5000000
+
+Every side runs as its own process, started cold (empty sft and datasets caches), and is
+measured from its start to its exit: wall time and peak resident memory (the kernel's
+ru_maxrss of that process and its children). sft's text side is the user's command itself,
+`python train.py data=text_classification data.train_file=big.csv trainer.max_steps=1 ...`;
+the peer is `load_dataset("csv")` + batched `map` with the same tokenizer, a DataLoader with
+dynamic padding and one AdamW step of the same model. A second sft launch on the unchanged
+file shows what the caches save. Chat: 200,000 conversations of JSONL through sft's causal_lm
+processor (labels masked by turn, the audit, packing) to the first packed batch, against
+`load_dataset("json")` + batched `map(apply_chat_template)` to the first padded batch (TRL is
+not installed here). Streaming: sft with data.streaming=true on a gzip JSONL of 5M records.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+VOCAB_WORDS = 2000
+
+
+def write_text_csv(path: Path, rows: int, seed: int = 0) -> Path:
+    """rows of "text,label": 8-40 words from the generated vocabulary, labels 0/1."""
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(8, 41, size=rows)
+    words = rng.integers(0, VOCAB_WORDS, size=int(lengths.sum()))
+    labels = rng.integers(0, 2, size=rows)
+    with open(path, "w") as f:
+        f.write("text,label\n")
+        at = 0
+        for n, label in zip(lengths.tolist(), labels.tolist()):
+            f.write(" ".join(f"w{w}" for w in words[at:at + n].tolist()) + f",{label}\n")
+            at += n
+    return path
+
+
+def write_chat_jsonl(path: Path, rows: int, seed: int = 0, opener=open) -> Path:
+    """{"messages": [user, assistant]} records: 10-60 words asked, 2-30 answered."""
+    rng = np.random.default_rng(seed)
+    with opener(path, "wt") as f:
+        for _ in range(rows):
+            ask, answer = int(rng.integers(10, 61)), int(rng.integers(2, 31))
+            turn = lambda k: " ".join(f"w{i}" for i in rng.integers(0, VOCAB_WORDS, size=k).tolist())  # noqa: E731
+            f.write(json.dumps({"messages": [{"role": "user", "content": turn(ask)},
+                                             {"role": "assistant", "content": turn(answer)}]}) + "\n")
+    return path
+
+
+def measure(command: list[str], env: dict, cwd: Path) -> dict:
+    """Wall seconds and peak resident GiB of one process (and its children) from start to exit."""
+    start = time.perf_counter()
+    process = subprocess.Popen(command, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    output = process.stdout.read() if process.stdout else b""
+    _, status, usage = os.wait4(process.pid, 0)
+    seconds = time.perf_counter() - start
+    process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode != 0:
+        sys.stderr.write(output.decode(errors="replace")[-4000:])
+        raise SystemExit(f"side failed (exit {process.returncode}): {' '.join(command)}")
+    return {"seconds": round(seconds, 2), "peak_rss_gb": round(usage.ru_maxrss / 2**20, 3)}
+
+
+# -- the sides, each run as `python bench/data_scale.py --side NAME ...` in its own process --------------
+def side_hf_text(args) -> None:
+    import torch
+    from datasets import load_dataset
+    from torch.utils.data import DataLoader
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding
+
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    data = load_dataset("csv", data_files=args.file)["train"]
+    data = data.map(lambda batch: tokenizer(batch["text"], truncation=True, max_length=128), batched=True,
+                    remove_columns=["text"]).rename_column("label", "labels")
+    model = AutoModelForSequenceClassification.from_pretrained(args.model, num_labels=2)
+    loader = DataLoader(data, batch_size=32, shuffle=True, collate_fn=DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-5)
+    model(**next(iter(loader))).loss.backward()
+    optimizer.step()
+
+
+def side_sft_chat(args) -> None:
+    from sft.data.datamodule import SFTDataModule
+
+    datamodule = SFTDataModule(task="causal_lm", tokenizer=args.model, train_file=args.file, max_length=256,
+                               batch_size=16, packing=True, streaming=args.streaming, val_file=args.val_file,
+                               test_file=args.val_file)
+    datamodule.setup("fit")
+    batch = next(iter(datamodule.train_dataloader()))
+    assert batch["input_ids"].shape[0] >= 1
+
+
+def side_hf_chat(args) -> None:
+    from datasets import load_dataset
+    from torch.utils.data import DataLoader
+    from transformers import AutoTokenizer, DataCollatorWithPadding
+
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    data = load_dataset("json", data_files=args.file)["train"]
+    data = data.map(lambda batch: {"input_ids": tokenizer.apply_chat_template(batch["messages"], tokenize=True,
+                                                                             return_dict=False)},
+                    batched=True, remove_columns=["messages"])
+    loader = DataLoader(data, batch_size=16, shuffle=True, collate_fn=DataCollatorWithPadding(tokenizer))
+    batch = next(iter(loader))
+    assert batch["input_ids"].shape[0] >= 1
+
+
+SIDES = {"hf_text": side_hf_text, "sft_chat": side_sft_chat, "hf_chat": side_hf_chat}
+
+
+# -- the run ------------------------------------------------------------------------------------------
+def sft_train_command(csv: Path, model_dir: Path, run_dir: Path, extra: list[str] = ()) -> list[str]:
+    """The user's command: the text classification template on a CSV, stopped after one optimizer step."""
+    return [sys.executable, str(ROOT / "train.py"), "data=text_classification", f"data.train_file={csv}",
+            f"model.pretrained={model_dir}", "trainer=cpu", "trainer.max_steps=1", "trainer.limit_val_batches=0",
+            "test=false", f"hydra.run.dir={run_dir}", *extra]
+
+
+def run(rows: list[int], chats: int, stream_rows: int, work: Path) -> dict:
+    import compare
+
+    model_dir = work / "encoder"
+    model_dir.mkdir()
+    compare.make_encoder(model_dir, "minilm")
+    chat_dir = work / "chat_model"
+    chat_dir.mkdir()
+    compare.make_chat_model(chat_dir, "tiny")
+    base_env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1",
+                "PYTHONPATH": str(ROOT)}
+    figures: dict = {"text": {}, "chat": {}, "stream": {}}
+
+    def fresh_env(name: str) -> dict:
+        return {**base_env, "SFT_CACHE": str(work / f"{name}-sft-cache"), "HF_DATASETS_CACHE": str(work / f"{name}-hf-cache")}
+
+    me = [sys.executable, str(Path(__file__).resolve())]
+    for n in rows:
+        csv = write_text_csv(work / f"text-{n}.csv", n)
+        env = fresh_env(f"text-{n}")
+        sft_cold = measure(sft_train_command(csv, model_dir, work / f"run-{n}-a"), env, work)
+        sft_warm = measure(sft_train_command(csv, model_dir, work / f"run-{n}-b"), env, work)
+        peer = measure([*me, "--side", "hf_text", "--model", str(model_dir), "--file", str(csv)], fresh_env(f"peer-{n}"), work)
+        figures["text"][n] = {"sft": sft_cold, "sft_second_launch": sft_warm, "hf": peer,
+                              "time_ratio": round(sft_cold["seconds"] / peer["seconds"], 3),
+                              "memory_ratio": round(sft_cold["peak_rss_gb"] / peer["peak_rss_gb"], 3),
+                              "second_launch_share": round(sft_warm["seconds"] / sft_cold["seconds"], 3)}
+        print(f"text {n:>9,} rows: sft {sft_cold['seconds']:7.1f} s {sft_cold['peak_rss_gb']:5.2f} GB | second launch "
+              f"{sft_warm['seconds']:6.1f} s | HF {peer['seconds']:7.1f} s {peer['peak_rss_gb']:5.2f} GB | "
+              f"time sft/HF {figures['text'][n]['time_ratio']}", flush=True)
+        csv.unlink()
+    if chats:
+        chat_file = write_chat_jsonl(work / "chat.jsonl", chats)
+        val_file = write_chat_jsonl(work / "chat_val.jsonl", 200, seed=1)
+        chat_args = ["--model", str(chat_dir), "--file", str(chat_file), "--val-file", str(val_file)]
+        ours = measure([*me, "--side", "sft_chat", *chat_args], fresh_env("chat"), work)
+        peer = measure([*me, "--side", "hf_chat", *chat_args], fresh_env("chat-peer"), work)
+        figures["chat"][chats] = {"sft": ours, "hf": peer, "time_ratio": round(ours["seconds"] / peer["seconds"], 3),
+                                  "memory_ratio": round(ours["peak_rss_gb"] / peer["peak_rss_gb"], 3)}
+        print(f"chat {chats:>9,} conversations: sft {ours['seconds']:7.1f} s {ours['peak_rss_gb']:5.2f} GB | HF "
+              f"{peer['seconds']:7.1f} s {peer['peak_rss_gb']:5.2f} GB | time sft/HF {figures['chat'][chats]['time_ratio']}",
+              flush=True)
+    if stream_rows:
+        stream_file = write_chat_jsonl(work / "stream.jsonl.gz", stream_rows, opener=gzip.open)
+        val_file = write_chat_jsonl(work / "stream_val.jsonl", 200, seed=1)
+        ours = measure([*me, "--side", "sft_chat", "--streaming", "--model", str(chat_dir), "--file", str(stream_file),
+                        "--val-file", str(val_file)], fresh_env("stream"), work)
+        figures["stream"][stream_rows] = {"sft": ours}
+        print(f"stream {stream_rows:>9,} records (gzip JSONL): sft first packed batch in {ours['seconds']:.1f} s, "
+              f"{ours['peak_rss_gb']:.2f} GB", flush=True)
+    if len(rows) >= 2:
+        small, large = figures["text"][min(rows)], figures["text"][max(rows)]
+        figures["text_memory_growth_gb"] = round(large["sft"]["peak_rss_gb"] - small["sft"]["peak_rss_gb"], 3)
+        print(f"peak memory growth from {min(rows):,} to {max(rows):,} rows: {figures['text_memory_growth_gb']} GB "
+              f"(goal: at most 1 GB)")
+    return figures
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, nargs="*", default=[10_000, 1_000_000], help="text classification CSV sizes")
+    parser.add_argument("--chats", type=int, default=200_000, help="conversations of the chat comparison (0: skip)")
+    parser.add_argument("--stream-rows", type=int, default=5_000_000, help="records of the streamed gzip JSONL (0: skip)")
+    parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
+    parser.add_argument("--side", choices=sorted(SIDES), help=argparse.SUPPRESS)
+    parser.add_argument("--model", help=argparse.SUPPRESS)
+    parser.add_argument("--file", help=argparse.SUPPRESS)
+    parser.add_argument("--val-file", help=argparse.SUPPRESS)
+    parser.add_argument("--streaming", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.side:
+        SIDES[args.side](args)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        figures = run(args.rows, args.chats, args.stream_rows, Path(tmp))
+    figures["hardware"] = f"CPU, {os.cpu_count()} cores"
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2))
+
+
+if __name__ == "__main__":
+    main()

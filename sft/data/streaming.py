@@ -1,0 +1,108 @@
+"""Training batches streamed from files (data.streaming=true): read, encoded and batched on the fly.
+
+Nothing is stored, so a corpus may be larger than memory or disk. Record i of the stream goes
+to shard i mod (ranks x workers): every DDP rank and DataLoader worker reads the files but
+encodes only its own records, so no record is trained on twice in an epoch. Each worker encodes
+its records in chunks with the task's processor (the same checks and errors, naming file and
+line), shuffles within the chunk by (seed, epoch, shard), packs causal_lm examples into rows of
+max_length when data.packing is on, and yields whole collated batches.
+
+Resuming mid-epoch: the order is a function of (seed, epoch, shard) alone, and the DataLoader
+takes batches from its workers in turn, so the batches already trained are known from their
+count; a resumed run re-reads and skips them and then sees exactly the batches the interrupted
+run would have seen next.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any, Iterator, Optional
+
+import numpy as np
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from sft.data.sources import StreamTable, Table
+
+IGNORE = -100
+CHUNK_RECORDS = 512  # records encoded (and shuffled, and packed) together
+
+
+class StreamedBatches(IterableDataset):
+    def __init__(self, table: StreamTable, processor, collate, batch_size: int, seed: int = 0, rank: int = 0,
+                 world_size: int = 1, pack_length: Optional[int] = None, max_records: Optional[int] = None):
+        self.table = table
+        self.processor = processor
+        self.collate = collate
+        self.batch_size = batch_size
+        self.seed = seed
+        self.rank, self.world_size = rank, world_size
+        self.pack_length = pack_length
+        self.max_records = max_records
+        self.epoch = 0
+        self.skip_batches = 0  # batches of this epoch a resumed run already trained on (all workers together)
+
+    def _shard(self) -> tuple[int, int, int, int]:
+        """(shard, shards, worker, workers) of this iterator."""
+        info = get_worker_info()
+        workers, worker = (info.num_workers, info.id) if info is not None else (1, 0)
+        return self.rank * workers + worker, self.world_size * workers, worker, workers
+
+    def _records(self, shard: int, shards: int) -> Iterator[tuple[str, dict]]:
+        records = self.table.records()
+        if self.max_records:
+            records = itertools.islice(records, self.max_records)
+        return itertools.islice(records, shard, None, shards)
+
+    def _rows(self, examples: list[dict], rng: np.random.Generator) -> list[dict]:
+        examples = [examples[i] for i in rng.permutation(len(examples))]
+        if not self.pack_length:
+            return examples
+        from sft.data.examples import ListExamples, PackedExamples
+        from sft.data.packing import pack_plan
+
+        items = ListExamples(examples)
+        rows = list(PackedExamples(items, pack_plan(items.lengths(), self.pack_length)))
+        return [rows[i] for i in rng.permutation(len(rows))]
+
+    def _batch(self, rows: list[dict]) -> Any:
+        if self.processor.step_normalized:  # the token mean of this micro-batch (see sft.data.packing)
+            supervised = sum(sum(1 for label in row["labels"] if label != IGNORE) for row in rows)
+            rows = [{**rows[0], "loss_denominator": max(supervised, 1)}] + rows[1:]
+        return self.collate(rows)
+
+    def __iter__(self) -> Iterator[Any]:
+        # The epoch and resume position are read now, when the DataLoader starts a pass, not at the first batch.
+        return self._batches(self.epoch, self.skip_batches)
+
+    def _batches(self, epoch: int, skip_batches: int) -> Iterator[Any]:
+        shard, shards, worker, workers = self._shard()
+        skip = len(range(worker, skip_batches, workers))  # this worker's share of the trained batches
+        rng = np.random.default_rng((self.seed, epoch, shard))
+        pending: list[dict] = []
+        records = self._records(shard, shards)
+        while True:
+            chunk = list(itertools.islice(records, CHUNK_RECORDS))
+            if chunk:
+                table = Table(self.table.path, [r for _, r in chunk], [w for w, _ in chunk], self.table.columns)
+                examples, _ = self.processor.encode(table)
+                pending += self._rows(examples, rng)
+            while len(pending) >= self.batch_size or (not chunk and pending):
+                batch, pending = pending[:self.batch_size], pending[self.batch_size:]
+                if skip:
+                    skip -= 1
+                    continue
+                yield self._batch(batch)
+            if not chunk:
+                return
+
+
+class EpochLoader(DataLoader):
+    """A DataLoader over StreamedBatches that tells the stream which epoch each pass is (the
+    shuffle depends on it) and hands a resume position to the first pass only."""
+
+    def __iter__(self):
+        stream: StreamedBatches = self.dataset  # type: ignore[assignment]
+        iterator = super().__iter__()  # workers copy the stream now, with its epoch and skip count
+        stream.skip_batches = 0
+        stream.epoch += 1
+        return iterator
