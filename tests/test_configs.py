@@ -21,7 +21,7 @@ RUNTIME_ARGUMENTS = {"sft.models.SFTModule": {"task", "label_names", "optimizer"
 # Options that only make sense with a required key set, or with another group's option.
 REQUIRED = {"data": ["data.train_file=x.csv"], "experiment": ["data.train_file=x.csv"]}
 # Groups chosen inside another config (a task template picks its head options into `model`).
-OVERRIDE_KEY = {"head": "head@model"}
+OVERRIDE_KEY = {"head": "head@model", "data_sources": "data_sources@data"}
 # The model config that serves each task's data templates.
 MODEL_OF_TASK = {"text_classification": "text_classifier", "multilabel_classification": "text_classifier",
                  "text_regression": "text_classifier", "token_classification": "text_classifier",

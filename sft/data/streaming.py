@@ -41,10 +41,13 @@ class StreamedBatches(IterableDataset):
         self.epoch = 0
         self.skip_batches = 0  # batches of this epoch a resumed run already trained on (all workers together)
 
-    def _shard(self) -> tuple[int, int, int, int]:
-        """(shard, shards, worker, workers) of this iterator."""
+    def _shard(self, skip_batches: int) -> tuple[int, int, int, int]:
+        """(shard, shards, worker, workers) of this iterator. The DataLoader asks its workers for batches in
+        turn, starting with worker 0; after `skip_batches` the next batch is due from worker
+        skip_batches mod workers, so on a resumed pass each process plays the worker that many turns on."""
         info = get_worker_info()
-        workers, worker = (info.num_workers, info.id) if info is not None else (1, 0)
+        workers, process = (info.num_workers, info.id) if info is not None else (1, 0)
+        worker = (process + skip_batches) % workers
         return self.rank * workers + worker, self.world_size * workers, worker, workers
 
     def _records(self, shard: int, shards: int) -> Iterator[tuple[str, dict]]:
@@ -75,7 +78,7 @@ class StreamedBatches(IterableDataset):
         return self._batches(self.epoch, self.skip_batches)
 
     def _batches(self, epoch: int, skip_batches: int) -> Iterator[Any]:
-        shard, shards, worker, workers = self._shard()
+        shard, shards, worker, workers = self._shard(skip_batches)
         skip = len(range(worker, skip_batches, workers))  # this worker's share of the trained batches
         rng = np.random.default_rng((self.seed, epoch, shard))
         pending: list[dict] = []

@@ -1,0 +1,214 @@
+"""The Arrow data layer: shards, saved datasets, hf: datasets offline, parallel encoding, streaming."""
+
+from __future__ import annotations
+
+import csv
+import glob
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from sft.data.datamodule import SFTDataModule
+from sft.data.sources import DataError, read_table
+from sft.errors import ConfigError
+from tests.conftest import write_sentiment_csv
+
+
+@pytest.fixture(autouse=True)
+def own_caches(tmp_path, monkeypatch):
+    monkeypatch.setenv("SFT_CACHE", str(tmp_path / "sft-cache"))
+
+
+def sentiment_rows(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+# -- sources -------------------------------------------------------------------------------------------
+def test_glob_and_list_of_shards_read_as_one_table(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = sentiment_rows(write_sentiment_csv(tmp_path / "all.csv", rows=30))
+    (tmp_path / "shards").mkdir()
+    for k in range(3):
+        pq.write_table(pa.Table.from_pylist(rows[k * 10:(k + 1) * 10]), tmp_path / "shards" / f"train-{k}.parquet")
+    table = read_table(str(tmp_path / "shards" / "train-*.parquet"), "data.train_file")
+    assert list(table.rows) == rows
+    assert table.where(0).endswith("train-0.parquet row 1") and table.where(25).endswith("train-2.parquet row 6")
+    # A list of files (any mix of formats) keeps its order.
+    for k, part in enumerate((rows[:12], rows[12:])):
+        with open(tmp_path / f"part{k}.jsonl", "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in part)
+    listed = read_table([str(tmp_path / "part1.jsonl"), str(tmp_path / "part0.jsonl")], "data.train_file")
+    assert list(listed.rows) == rows[12:] + rows[:12]
+    assert listed.where(18) == f"{tmp_path / 'part0.jsonl'}:1"
+    with pytest.raises(DataError, match=r"data.train_file: the pattern .*nothing-\*\.csv' matches no file"):
+        read_table(str(tmp_path / "nothing-*.csv"), "data.train_file")
+
+
+def test_a_bad_record_in_a_shard_is_named_by_file_and_line(tiny_model_dir, tmp_path):
+    rows = sentiment_rows(write_sentiment_csv(tmp_path / "all.csv", rows=40))
+    rows[37]["label"] = ""
+    for k in range(2):
+        with open(tmp_path / f"s{k}.jsonl", "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in rows[k * 20:(k + 1) * 20])
+    dm = SFTDataModule(task="text_classification", tokenizer=tiny_model_dir, train_file=[str(tmp_path / "s0.jsonl"),
+                       str(tmp_path / "s1.jsonl")], val_fraction=0.1, test_fraction=0.1)
+    with pytest.raises(DataError, match=rf"{tmp_path / 's1.jsonl'}:18: field 'label' is empty"):
+        dm.setup("fit")
+
+
+def test_save_to_disk_folders(tiny_model_dir, tmp_path):
+    from datasets import Dataset, DatasetDict
+
+    rows = sentiment_rows(write_sentiment_csv(tmp_path / "all.csv", rows=60))
+    Dataset.from_list(rows).save_to_disk(str(tmp_path / "one"))
+    dm = SFTDataModule(task="text_classification", tokenizer=tiny_model_dir, train_file=str(tmp_path / "one"))
+    dm.setup("fit")
+    assert len(dm.tables()["train"]) == 48 and len(dm.tables()["val"]) == 6  # carved as from a file
+    assert dm.tables()["train"].where(0).startswith(f"{tmp_path / 'one'} row ")
+
+    DatasetDict({"train": Dataset.from_list(rows[:40]), "validation": Dataset.from_list(rows[40:50]),
+                 "test": Dataset.from_list(rows[50:])}).save_to_disk(str(tmp_path / "splits"))
+    dm = SFTDataModule(task="text_classification", tokenizer=tiny_model_dir, train_file=str(tmp_path / "splits"))
+    dm.setup()
+    assert [len(dm.tables()[s]) for s in ("train", "val", "test")] == [40, 10, 10]
+    assert [e["labels"] for e in dm.encoded("test")] == [dm.label_names.index(r["label"]) for r in rows[50:]]
+    with pytest.raises(DataError, match=r"has the splits \['train', 'validation', 'test'\], not 'training'"):
+        SFTDataModule(task="text_classification", tokenizer=tiny_model_dir, train_file=str(tmp_path / "splits"),
+                      train_split="training").setup("fit")
+
+
+def cache_hub_dataset(cache: Path, repo: str, splits: dict[str, Path]) -> None:
+    """Put `repo` into a datasets cache as a run that once downloaded it leaves it (so that it loads offline)."""
+    import datasets
+
+    builder = datasets.load_dataset_builder("csv", data_files={k: str(v) for k, v in splits.items()},
+                                            cache_dir=str(cache.parent / "build"))
+    builder.download_and_prepare()
+    owner, name = repo.split("/")
+    target = cache / f"{owner}___{name}" / "default" / "0.0.0" / Path(builder.cache_dir).name
+    shutil.copytree(builder.cache_dir, target)
+    for file in glob.glob(str(target / "csv-*")):
+        os.rename(file, file.replace("/csv-", f"/{name}-"))
+
+
+def test_hf_dataset_offline_from_the_local_cache(tiny_model_dir, tmp_path, monkeypatch):
+    import datasets
+
+    rows = sentiment_rows(write_sentiment_csv(tmp_path / "all.csv", rows=50))
+    splits = {}
+    for split, part in (("train", rows[:40]), ("test", rows[40:])):
+        with open(tmp_path / f"{split}.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, ["text", "label"])
+            writer.writeheader()
+            writer.writerows(part)
+        splits[split] = tmp_path / f"{split}.csv"
+    cache = tmp_path / "hf-datasets"
+    cache_hub_dataset(cache, "acme/reviews", splits)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", cache)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    dm = SFTDataModule(task="text_classification", tokenizer=tiny_model_dir, dataset="hf:acme/reviews")
+    dm.setup()
+    assert len(dm.tables()["test"]) == 10 and len(dm.tables()["train"]) + len(dm.tables()["val"]) == 40
+    assert dm.tables()["test"].where(0) == "hf:acme/reviews test row 1"
+    with pytest.raises(DataError, match=r"data.dataset=hf:acme/missing: neither the Hugging Face hub \(offline mode is on\) "
+                                        r"nor the local datasets cache .*data.train_file=PATH"):
+        SFTDataModule(task="text_classification", tokenizer=tiny_model_dir, dataset="hf:acme/missing").setup("fit")
+
+
+# -- encoding ------------------------------------------------------------------------------------------
+def test_parallel_encoding_matches_one_process_and_names_bad_records(tiny_model_dir, tmp_path, monkeypatch):
+    from sft.data import examples
+
+    monkeypatch.setattr(examples, "PARALLEL_FROM", 100)  # a worker pool for a small file too
+    monkeypatch.setattr(examples, "BATCH_RECORDS", 50)
+    data = write_sentiment_csv(tmp_path / "train.csv", rows=600)
+    kwargs = dict(task="text_classification", tokenizer=tiny_model_dir, train_file=str(data), cache_encoded=False)
+    one = SFTDataModule(**kwargs, num_proc=1)
+    two = SFTDataModule(**kwargs, num_proc=2)
+    for dm in (one, two):
+        dm.setup("fit")
+    assert list(two.encoded("train").examples) == list(one.encoded("train").examples)
+    assert two.report == one.report and two.report["train"]["records"] == 480
+    lines = data.read_text().splitlines()
+    lines[590] = "some words,"  # an empty label late in the file, encoded by the second process
+    data.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=rf"{data}:591: field 'label' is empty"):
+        SFTDataModule(**kwargs, num_proc=2, val_fraction=0.01, test_fraction=0.01).setup("fit")
+
+
+# -- streaming -----------------------------------------------------------------------------------------
+def stream_kwargs(tmp_path: Path) -> dict:
+    from tests.chat_fixtures import make_tokenizer, write_chat_jsonl
+
+    tokenizer = tmp_path / "tok"
+    tokenizer.mkdir()
+    make_tokenizer(tokenizer)
+    train = write_chat_jsonl(tmp_path / "train.jsonl", rows=300)
+    val = write_chat_jsonl(tmp_path / "val.jsonl", rows=16, seed=1)
+    return dict(task="causal_lm", tokenizer=str(tokenizer), train_file=str(train), val_file=str(val),
+                test_file=str(val), max_length=64, batch_size=4, packing=True, streaming=True, audit_examples=0)
+
+
+def stream_batches(dm: SFTDataModule) -> list[list[list[int]]]:
+    return [batch["input_ids"].tolist() for batch in dm.train_dataloader()]
+
+
+def conversations(batches) -> int:
+    return sum(row.count(2) for batch in batches for row in batch)  # one <|im_end|> (id 2) per turn
+
+
+def test_stream_covers_each_record_once_across_workers_and_ranks(tmp_path):
+    from sft.data.streaming import StreamedBatches
+
+    kwargs = stream_kwargs(tmp_path)
+    one = SFTDataModule(**kwargs)
+    one.setup("fit")
+    single = stream_batches(one)
+    two = SFTDataModule(**kwargs, num_workers=2)
+    two.setup("fit")
+    assert conversations(stream_batches(two)) == conversations(single) > 0
+    table = one.tables()["train"]
+    shards = [StreamedBatches(table, one.processor, None, 4, rank=rank, world_size=2)._records(rank, 2)
+              for rank in range(2)]
+    seen = [{where for where, _ in shard} for shard in shards]
+    assert not seen[0] & seen[1] and len(seen[0] | seen[1]) == 300
+
+
+def test_stream_resumes_with_the_same_batches(tmp_path):
+    kwargs = stream_kwargs(tmp_path)
+    for workers in (0, 2):
+        dm = SFTDataModule(**kwargs, num_workers=workers)
+        dm.setup("fit")
+        straight = stream_batches(dm)
+        resumed = SFTDataModule(**kwargs, num_workers=workers)
+        resumed.load_state_dict({"train_order": {"epoch": 0, "batches_done": 7}})
+        resumed.setup("fit")
+        assert stream_batches(resumed) == straight[7:], workers
+    loader = dm.train_dataloader()
+    first, second = ([b["input_ids"].tolist() for b in loader] for _ in range(2))
+    assert first == straight and second != first  # each pass (epoch) has its own order
+
+
+def test_streamed_training_runs_and_needs_max_steps(tiny_model_dir, tmp_path):
+    from sft.cli import train
+    from tests.conftest import compose_config, tiny_overrides
+
+    data = write_sentiment_csv(tmp_path / "train.csv", rows=200)
+    held = write_sentiment_csv(tmp_path / "held.csv", rows=40, seed=3)
+    streamed = ["data.streaming=true", f"data.val_file={held}", f"data.test_file={held}", "data.num_workers=0"]
+    metrics = train(compose_config("train", tiny_overrides(tiny_model_dir, data, streamed + ["trainer.max_steps=6"]),
+                                   tmp_path / "run"))
+    assert metrics["test/acc"] >= 0 and (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
+    with pytest.raises(ConfigError, match="data.streaming=true: set trainer.max_steps"):
+        train(compose_config("train", tiny_overrides(tiny_model_dir, data, streamed), tmp_path / "run2"))
+    with pytest.raises(ConfigError, match="data.streaming=true: set data.val_file"):
+        train(compose_config("train", tiny_overrides(tiny_model_dir, data, ["data.streaming=true", "trainer.max_steps=2"]),
+                             tmp_path / "run3"))
