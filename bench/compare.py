@@ -5,6 +5,7 @@
     python bench/compare.py chat_sft            # sft (packed) vs the Hugging Face Trainer (padded), Llama shape
     python bench/compare.py image_cls           # sft from decoded images vs a raw loop on tensors on the device
     python bench/compare.py onnx_cpu            # inference: ONNX Runtime vs eager PyTorch, default text classifier, CPU
+    python bench/compare.py data_scale          # launch to first step, 10k and 1M rows: sft vs load_dataset + map (bench/data_scale.py)
     python bench/compare.py text_cls --size gpu --json text_cls.json
 
 Both sides get the same initial weights, data, batch size, optimizer, precision and number of
@@ -701,8 +702,13 @@ WORKLOAD_SHAPES = {"text_cls": SHAPES, "overhead": SHAPES, "chat_sft": LLAMA_SHA
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["data_scale"]:  # whole processes, not training steps: its own harness
+        import data_scale
+
+        data_scale.main(sys.argv[2:])
+        return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("workload", choices=sorted(WORKLOADS))
+    parser.add_argument("workload", choices=sorted(WORKLOADS) + ["data_scale"])
     parser.add_argument("--size", choices=sorted(SIZES), default="gpu" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--shape", help="override the model shape of the size (tiny: for checking the harness runs)")
     parser.add_argument("--batch-size", type=int, help="override the batch size of the size")

@@ -51,13 +51,13 @@ def write_text_csv(path: Path, rows: int, seed: int = 0) -> Path:
     return path
 
 
-def write_chat_jsonl(path: Path, rows: int, seed: int = 0, opener=open) -> Path:
-    """{"messages": [user, assistant]} records: 10-60 words asked, 2-30 answered."""
+def write_chat_jsonl(path: Path, rows: int, words: int, seed: int = 0, opener=open) -> Path:
+    """{"messages": [user, assistant]} records: 10-60 words asked, 2-30 answered, from `words` words."""
     rng = np.random.default_rng(seed)
     with opener(path, "wt") as f:
         for _ in range(rows):
             ask, answer = int(rng.integers(10, 61)), int(rng.integers(2, 31))
-            turn = lambda k: " ".join(f"w{i}" for i in rng.integers(0, VOCAB_WORDS, size=k).tolist())  # noqa: E731
+            turn = lambda k: " ".join(f"w{i}" for i in rng.integers(0, words, size=k).tolist())  # noqa: E731
             f.write(json.dumps({"messages": [{"role": "user", "content": turn(ask)},
                                              {"role": "assistant", "content": turn(answer)}]}) + "\n")
     return path
@@ -140,7 +140,7 @@ def run(rows: list[int], chats: int, stream_rows: int, work: Path) -> dict:
     compare.make_encoder(model_dir, "minilm")
     chat_dir = work / "chat_model"
     chat_dir.mkdir()
-    compare.make_chat_model(chat_dir, "tiny")
+    chat_words = compare.make_chat_model(chat_dir, "tiny")
     base_env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1",
                 "PYTHONPATH": str(ROOT)}
     figures: dict = {"text": {}, "chat": {}, "stream": {}}
@@ -164,8 +164,8 @@ def run(rows: list[int], chats: int, stream_rows: int, work: Path) -> dict:
               f"time sft/HF {figures['text'][n]['time_ratio']}", flush=True)
         csv.unlink()
     if chats:
-        chat_file = write_chat_jsonl(work / "chat.jsonl", chats)
-        val_file = write_chat_jsonl(work / "chat_val.jsonl", 200, seed=1)
+        chat_file = write_chat_jsonl(work / "chat.jsonl", chats, chat_words)
+        val_file = write_chat_jsonl(work / "chat_val.jsonl", 200, chat_words, seed=1)
         chat_args = ["--model", str(chat_dir), "--file", str(chat_file), "--val-file", str(val_file)]
         ours = measure([*me, "--side", "sft_chat", *chat_args], fresh_env("chat"), work)
         peer = measure([*me, "--side", "hf_chat", *chat_args], fresh_env("chat-peer"), work)
@@ -175,8 +175,8 @@ def run(rows: list[int], chats: int, stream_rows: int, work: Path) -> dict:
               f"{peer['seconds']:7.1f} s {peer['peak_rss_gb']:5.2f} GB | time sft/HF {figures['chat'][chats]['time_ratio']}",
               flush=True)
     if stream_rows:
-        stream_file = write_chat_jsonl(work / "stream.jsonl.gz", stream_rows, opener=gzip.open)
-        val_file = write_chat_jsonl(work / "stream_val.jsonl", 200, seed=1)
+        stream_file = write_chat_jsonl(work / "stream.jsonl.gz", stream_rows, chat_words, opener=gzip.open)
+        val_file = write_chat_jsonl(work / "stream_val.jsonl", 200, chat_words, seed=1)
         ours = measure([*me, "--side", "sft_chat", "--streaming", "--model", str(chat_dir), "--file", str(stream_file),
                         "--val-file", str(val_file)], fresh_env("stream"), work)
         figures["stream"][stream_rows] = {"sft": ours}

@@ -110,3 +110,17 @@ def test_image_pipeline_figures(gpu_script_run):
     assert figures["loader_images_per_s"] > 0 and figures["model_images_per_s"] > 0
     assert figures["ratio"] == pytest.approx(figures["loader_images_per_s"] / figures["model_images_per_s"], rel=0.01)
     assert figures["worker"]["ours"] > 0 and figures["worker"]["peer"] > 0
+
+
+def test_data_scale_harness_reports_both_sides(tmp_path):
+    """The data_scale harness on tiny sizes: each side runs in its own process and is measured."""
+    out = tmp_path / "data_scale.json"
+    result = subprocess.run([sys.executable, str(ROOT / "bench" / "compare.py"), "data_scale", "--rows", "--chats", "60",
+                             "--stream-rows", "120", "--json", str(out)], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    figures = json.loads(out.read_text())
+    chat = figures["chat"]["60"]
+    for side in ("sft", "hf"):
+        assert chat[side]["seconds"] > 0 and chat[side]["peak_rss_gb"] > 0
+    assert chat["time_ratio"] == pytest.approx(chat["sft"]["seconds"] / chat["hf"]["seconds"], rel=0.01)
+    assert figures["stream"]["120"]["sft"]["seconds"] > 0

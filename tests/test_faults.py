@@ -136,4 +136,4 @@ def test_worker_failure_names_the_file(tmp_path):
         next(iter(dm.train_dataloader()))
     message = user_message(info.value)
     assert "DataLoader worker" in message and "Traceback" not in message
-    assert str(tmp_path / "data" / "images") in message and ".jpg: could not be read while loading a batch" in message
+    assert str(tmp_path / "data" / "images") in message and ".jpg: its pixels could not be decoded" in message
