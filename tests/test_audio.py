@@ -65,12 +65,10 @@ def write_listing(root: Path, per_class: int) -> Path:
     return listing
 
 
-@pytest.fixture(scope="session")
-def tiny_whisper_dir(tmp_path_factory) -> str:
+def tiny_whisper_folder(folder: Path) -> str:
     """A 2-layer Whisper (encoder and decoder, random init) with its feature extractor."""
     from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration
 
-    folder = tmp_path_factory.mktemp("tiny_whisper")
     torch.manual_seed(0)
     config = WhisperConfig(vocab_size=64, d_model=32, encoder_layers=2, decoder_layers=1, encoder_attention_heads=2,
                            decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64, num_mel_bins=80,
@@ -87,11 +85,14 @@ def tiny_whisper_dir(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="session")
-def tiny_wav2vec2_dir(tmp_path_factory) -> str:
+def tiny_whisper_dir(tmp_path_factory) -> str:
+    return tiny_whisper_folder(tmp_path_factory.mktemp("tiny_whisper"))
+
+
+def tiny_wav2vec2_folder(folder: Path) -> str:
     """A 2-layer wav2vec2 (random init) with a layer-norm feature encoder and its feature extractor."""
     from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2Model
 
-    folder = tmp_path_factory.mktemp("tiny_wav2vec2")
     torch.manual_seed(0)
     Wav2Vec2Model(Wav2Vec2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
                                  conv_dim=(16, 16, 16), conv_stride=(5, 4, 4), conv_kernel=(10, 4, 4), feat_extract_norm="layer",
@@ -99,6 +100,11 @@ def tiny_wav2vec2_dir(tmp_path_factory) -> str:
                   ).save_pretrained(folder)
     Wav2Vec2FeatureExtractor(return_attention_mask=True).save_pretrained(folder)
     return str(folder)
+
+
+@pytest.fixture(scope="session")
+def tiny_wav2vec2_dir(tmp_path_factory) -> str:
+    return tiny_wav2vec2_folder(tmp_path_factory.mktemp("tiny_wav2vec2"))
 
 
 def audio_overrides(train_file, pretrained, extra=()) -> list[str]:
