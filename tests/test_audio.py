@@ -146,6 +146,35 @@ def test_confusion_matrix_in_tensorboard(whisper_run):
     assert "val/confusion_matrix" in events.Tags()["images"]
 
 
+def test_misclassified_clips_in_tensorboard(whisper_run):
+    """Each logged clip is the window the model heard of a validation file, and the table beside it names
+    that file with a prediction that differs from its label (the folder it sits in)."""
+    import io
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_dir, _ = whisper_run
+    events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"audio": 0, "tensors": 0})
+    events.Reload()
+    tags = [tag for tag in events.Tags()["audio"] if tag.startswith("val/misclassified_audio/")]
+    assert tags and len(tags) <= 4  # callbacks.audio_samples.num_samples
+    tables = {e.step: e.tensor_proto.string_val[0].decode() for e in events.Tensors("val/misclassified_audio/text_summary")}
+    checked = 0
+    for tag in tags:
+        for event in events.Audio(tag):
+            assert event.sample_rate == 16000
+            k = int(tag.rsplit("/", 1)[1])
+            row = next(line for line in tables[event.step].splitlines() if line.startswith(f"| {k} |"))
+            _, _, path, label, predicted, *_ = [cell.strip() for cell in row.split("|")]
+            assert label != predicted and label == Path(path).parent.name and predicted in TONES
+            heard, rate = sf.read(io.BytesIO(event.encoded_audio_string), dtype="float32")
+            assert rate == 16000
+            expected = load_audio(path, 16000)[:16000]  # max_seconds=1.0, the start of the clip
+            assert len(heard) == len(expected) and np.abs(heard - expected).max() < 1e-3
+            checked += 1
+    assert checked >= 1
+
+
 def test_eval_predictions_and_export_predictor(whisper_run, tmp_path):
     from sft.export import Predictor
 

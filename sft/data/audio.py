@@ -245,6 +245,8 @@ class AudioCollator:
         batch = self.features(list(waves), list(lengths))
         if "labels" in items[0]:
             batch["labels"] = torch.as_tensor([item["labels"] for item in items])
+        if "row" in items[0]:  # the record each clip came from (sft.callbacks.audio_samples names the file)
+            batch["row"] = torch.as_tensor([item["row"] for item in items])
         return batch
 
 
