@@ -175,6 +175,21 @@ def test_misclassified_clips_in_tensorboard(whisper_run):
     assert checked >= 1
 
 
+def test_extra_test_set_equals_eval_on_that_file(whisper_run, tmp_path):
+    """callbacks ExtraTestSet (experiment=audio_keywords's real recordings) scores a second file with the
+    test metrics: the same figures as eval.py test_file= on that file."""
+    run_dir, _ = whisper_run
+    clips = run_dir.parent / "clips"
+    metrics = evaluate(compose_config("eval", [
+        f"ckpt_path={run_dir / 'checkpoints' / 'best.ckpt'}", "trainer.accelerator=cpu", f"test_file={clips}",
+        "+callbacks.again._target_=sft.callbacks.extra_test.ExtraTestSet", "+callbacks.again.name=again",
+        f"+callbacks.again.file={clips}"], tmp_path / "eval"))
+    assert metrics["test/again_records"] == 60.0
+    for name in ("acc", "f1"):
+        assert metrics[f"test/again_{name}"] == pytest.approx(metrics[f"test/{name}"], abs=1e-6), name
+    assert metrics["test/acc"] > 0.5  # a trained model (chance is 1/3), so equal figures are not trivially equal
+
+
 def test_eval_predictions_and_export_predictor(whisper_run, tmp_path):
     from sft.export import Predictor
 
@@ -361,3 +376,71 @@ def test_asterisk_prompts_asset():
     assert not (splits["train"] & splits["test"]) and not (splits["train"] & splits["val"])  # split by prompt
     wave, rate = sf.read(folder / rows[0]["path"])
     assert rate == 8000 and wave.ndim == 1
+
+
+# -- the synthetic keyword data set (espeak-ng and flite: apt-get install -y espeak-ng flite) --------------
+@pytest.fixture(scope="module")
+def keywords_dir(tmp_path_factory) -> Path:
+    from sft.spoken_digits import generate
+
+    folder = tmp_path_factory.mktemp("keywords")
+    generate(folder, limit_voices=1, with_real=False)
+    return folder
+
+
+def test_keyword_generator_holds_out_whole_voices(keywords_dir):
+    from sft.spoken_digits import WORDS
+
+    splits = {s: [json.loads(line) for line in (keywords_dir / f"{s}.jsonl").read_text().splitlines()]
+              for s in ("train", "val", "test")}
+    voices = {s: {r["voice"] for r in rows} for s, rows in splits.items()}
+    assert not (voices["train"] & voices["test"]) and not (voices["train"] & voices["val"])
+    for s, rows in splits.items():
+        assert {r["engine"] for r in rows} == {"espeak-ng", "flite"}, s  # both synthesizers in every split
+        for voice in voices[s]:  # every voice says every word
+            assert sorted({r["label"] for r in rows if r["voice"] == voice}) == sorted(WORDS)
+    for row in splits["train"]:
+        info = sf.info(str(keywords_dir / row["path"]))
+        assert 0.2 < info.duration < 2.0 and abs(info.duration - row["seconds"]) < 0.01
+        assert info.samplerate == 8000 if row["channel"] == "telephone" else info.samplerate >= 8000
+    # Renditions of one word by one voice differ (speed and pitch are drawn per clip).
+    espeak = [r for r in splits["train"] if r["engine"] == "espeak-ng" and r["label"] == "seven"]
+    waves = [load_audio(str(keywords_dir / r["path"]), 16000) for r in espeak[:2]]
+    assert len(waves) == 2 and (len(waves[0]) != len(waves[1]) or not np.allclose(waves[0], waves[1]))
+
+
+def test_keyword_synthesis_follows_speed(tmp_path):
+    from sft.spoken_digits import synthesize
+
+    for engine, spec, slow, fast in (("espeak-ng", "en-us", 110, 230), ("flite", "slt", 1.4, 0.7)):
+        synthesize(engine, spec, "seven", slow, 50 if engine == "espeak-ng" else 150, tmp_path / "slow.wav")
+        synthesize(engine, spec, "seven", fast, 50 if engine == "espeak-ng" else 150, tmp_path / "fast.wav")
+        ratio = sf.info(str(tmp_path / "slow.wav")).duration / sf.info(str(tmp_path / "fast.wav")).duration
+        assert ratio > 1.3, (engine, ratio)
+
+
+def test_missing_synthesizer_names_the_install_command(monkeypatch):
+    from sft.assets import AssetError
+    from sft.spoken_digits import require_synthesizers
+
+    real_which = __import__("shutil").which
+    monkeypatch.setattr("shutil.which", lambda tool: None if tool == "flite" else real_which(tool))
+    with pytest.raises(AssetError, match=r"flite is not installed.*apt-get install -y espeak-ng flite"):
+        require_synthesizers()
+
+
+@pytest.mark.assets
+def test_catalog_whisper_hears_the_synthetic_digits(keywords_dir):
+    """The generated clips say their words: Whisper tiny.en transcribes most of them as that digit."""
+    from sft import assets
+    from sft.ct2_whisper import transcribe
+    from sft.spoken_digits import WORDS
+
+    rows = [json.loads(line) for line in (keywords_dir / "test.jsonl").read_text().splitlines()]
+    rows = [r for r in rows if r["engine"] == "flite"][:5] + [r for r in rows if r["engine"] == "espeak-ng"][:5]
+    model = assets.fetch("whisper-tiny-en")
+    heard = 0
+    for row in rows:
+        text = transcribe(model, load_audio(str(keywords_dir / row["path"]), 16000)).lower().strip(" .!?")
+        heard += text in (row["label"], str(WORDS.index(row["label"])))
+    assert heard >= 0.6 * len(rows), f"{heard}/{len(rows)}"
