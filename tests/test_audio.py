@@ -444,3 +444,24 @@ def test_catalog_whisper_hears_the_synthetic_digits(keywords_dir):
         text = transcribe(model, load_audio(str(keywords_dir / row["path"]), 16000)).lower().strip(" .!?")
         heard += text in (row["label"], str(WORDS.index(row["label"])))
     assert heard >= 0.6 * len(rows), f"{heard}/{len(rows)}"
+
+
+def test_f1_stays_top1_after_a_first_batch_that_is_all_right():
+    """With more classes than top_k, a first batch the model gets all right once made torchmetrics merge
+    F1 with the top-k accuracy (equal states), so test/f1 reported a top-5 figure (0.98 at 0.93 accuracy)."""
+    from torchmetrics.functional.classification import multiclass_accuracy, multiclass_f1_score
+
+    from sft.models.audio_head import AudioClassificationHead
+
+    head = AudioClassificationHead(8, [str(i) for i in range(10)], top_k=5)
+    metrics = head.make_metrics("test/", final=True)
+    labels = torch.arange(10).repeat(4)
+    right = torch.nn.functional.one_hot(labels, 10).float() * 5
+    mostly_wrong = torch.randn(40, 10, generator=torch.Generator().manual_seed(0))
+    metrics.update(right, labels)
+    metrics.update(mostly_wrong, labels)
+    values = metrics.compute()
+    logits, targets = torch.cat([right, mostly_wrong]), torch.cat([labels, labels])
+    assert float(values["test/f1"]) == pytest.approx(float(multiclass_f1_score(logits, targets, 10, average="macro")))
+    assert float(values["test/acc"]) == pytest.approx(float(multiclass_accuracy(logits, targets, 10, average="micro")))
+    assert float(values["test/acc_top5"]) > float(values["test/f1"]) + 0.1
