@@ -4,6 +4,7 @@
     python bench/compare.py overhead            # sft's Lightning path vs a raw PyTorch loop
     python bench/compare.py chat_sft            # sft (packed) vs the Hugging Face Trainer (padded), Llama shape
     python bench/compare.py image_cls           # sft from decoded images vs a raw loop on tensors on the device
+    python bench/compare.py audio_cls           # sft from WAV files vs a plain loop over the same decoded clips
     python bench/compare.py onnx_cpu            # inference: ONNX Runtime vs eager PyTorch, default text classifier, CPU
     python bench/compare.py data_scale          # launch to first step, 10k and 1M rows: sft vs load_dataset + map (bench/data_scale.py)
     python bench/compare.py text_cls --size gpu --json text_cls.json
@@ -637,6 +638,147 @@ def image_cls(size: dict, workdir: Path) -> tuple[Result, Result, str]:
     return ours, peer, "raw loop on device tensors"
 
 
+# -- audio classification -------------------------------------------------------------------------
+# Whisper encoder shapes: (layers, d_model, heads, ffn); random init (only the shape matters for speed).
+AUDIO_SHAPES = {"tiny": (2, 64, 2, 256), "whisper-tiny": (4, 384, 6, 1536), "whisper-base": (6, 512, 8, 2048)}
+AUDIO_SIZES = {
+    "cpu": {"shape": "whisper-tiny", "batch_size": 16, "warmup": 2, "steps": 10, "precision": "32-true",
+            "workers": max(1, (os.cpu_count() or 2) - 1), "max_seconds": 2.0, "rounds": 2},
+    "gpu": {"shape": "whisper-base", "batch_size": 64, "warmup": 5, "steps": 30, "precision": "bf16-mixed",
+            "workers": max(1, min(14, (os.cpu_count() or 2) - 2)), "max_seconds": 4.0, "rounds": 2},
+}
+AUDIO_RATE = 16000
+
+
+def make_whisper(folder: Path, shape: str) -> None:
+    from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration
+
+    layers, hidden, heads, ffn = AUDIO_SHAPES[shape]
+    config = WhisperConfig(vocab_size=64, d_model=hidden, encoder_layers=layers, decoder_layers=1,
+                           encoder_attention_heads=heads, decoder_attention_heads=heads, encoder_ffn_dim=ffn,
+                           decoder_ffn_dim=ffn, num_mel_bins=80, max_source_positions=1500, max_target_positions=32,
+                           pad_token_id=0, bos_token_id=1, eos_token_id=2, decoder_start_token_id=1)
+    torch.manual_seed(0)
+    WhisperForConditionalGeneration(config).save_pretrained(folder)
+    WhisperFeatureExtractor(feature_size=80).save_pretrained(folder)
+
+
+def write_clips(folder: Path, n: int, max_seconds: float, classes: int = 10, seed: int = 0) -> Path:
+    """n 16 kHz WAV clips of 40-100% of max_seconds (a tone per class in noise) and their path,label listing."""
+    import soundfile as sf
+
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = ["path,label"]
+    for i in range(n):
+        label = int(rng.integers(classes))
+        t = np.arange(int(AUDIO_RATE * max_seconds * rng.uniform(0.4, 1.0))) / AUDIO_RATE
+        wave = 0.3 * np.sin(2 * np.pi * (200 + 150 * label) * t) + rng.normal(0, 0.05, len(t))
+        sf.write(folder / f"{i}.wav", wave.astype(np.float32), AUDIO_RATE)
+        lines.append(f"{i}.wav,class{label}")
+    listing = folder / "clips.csv"
+    listing.write_text("\n".join(lines) + "\n")
+    return listing
+
+
+class PlainAudioCollate:
+    """Log-mel features of a batch of decoded clips, padded/cut to `samples`."""
+
+    def __init__(self, extractor, samples: int):
+        self.extractor, self.samples = extractor, samples
+
+    def __call__(self, items):
+        features = self.extractor([w for w, _ in items], sampling_rate=AUDIO_RATE, padding="max_length",
+                                  max_length=self.samples, truncation=True, return_tensors="pt").input_features
+        return {"input_features": features, "attention_mask": torch.ones(len(items), features.shape[-1], dtype=torch.long),
+                "labels": torch.tensor([label for _, label in items])}
+
+
+def run_plain_audio_loop(module, clips: list[np.ndarray], labels: list[int], size: dict) -> Result:
+    """A hand-written loop over clips already decoded in memory: a DataLoader with the same workers
+    whose collate runs the backbone's feature extractor (pad/cut to max_seconds), then forward,
+    backward, clipping, step."""
+    from transformers import WhisperFeatureExtractor
+
+    from sft.optim import parameter_groups
+
+    collate = PlainAudioCollate(WhisperFeatureExtractor(feature_size=80), int(size["max_seconds"] * AUDIO_RATE))
+    loader = torch.utils.data.DataLoader(list(zip(clips, labels)), batch_size=size["batch_size"], shuffle=False,
+                                         num_workers=size["workers"], collate_fn=collate,
+                                         pin_memory=torch.cuda.is_available(), persistent_workers=size["workers"] > 0)
+    dev = device()
+    timer = StepTimer(size["warmup"], size["steps"])
+    timer.begin()
+    module = module.to(dev).train()
+    optimizer = module.optimizer_factory(parameter_groups(module.named_parameters()))
+    autocast = torch.autocast(dev, dtype=torch.bfloat16, enabled=size["precision"].startswith("bf16"))
+    batches = iter(loader)
+    for step, batch in enumerate(batches, start=1):
+        batch = {k: v.to(dev, non_blocking=True) for k, v in batch.items()}
+        with autocast:
+            loss = module.head.loss(module(batch), batch)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(module.parameters(), CLIP_NORM)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        timer.step_done(step, loss)
+        if step == size["warmup"] + size["steps"]:
+            break
+    result = timer.result(size["batch_size"])
+    batches._shutdown_workers()  # type: ignore[attr-defined]  # not left running beside the next side
+    return result
+
+
+def audio_cls(size: dict, workdir: Path) -> tuple[Result, Result, str]:
+    """sft from WAV files (decoded, cut/padded and turned into log-mel features in its DataLoader
+    workers) vs a plain loop over the same clips decoded beforehand, with the same feature extractor in
+    the same number of workers: the same Whisper-encoder module, weights and clip order. Pooling over
+    the whole window (mean_with_padding) and no augmentation, so both sides take identical steps."""
+    import lightning as L
+    import soundfile as sf
+
+    from sft.data import SFTDataModule
+    from sft.models import SFTModule
+    from sft.models.audio_backbones import audio_input_spec
+
+    model_dir = workdir / "whisper"
+    make_whisper(model_dir, size["shape"])
+    n = (size["warmup"] + size["steps"] + 1) * size["batch_size"]
+    listing = write_clips(workdir / "clips", n, size["max_seconds"])
+    eval_listing = write_clips(workdir / "eval_clips", 16, size["max_seconds"], seed=1)
+
+    def fresh_module(label_names):
+        torch.manual_seed(0)
+        return SFTModule(task="audio_classification", label_names=label_names, pretrained=str(model_dir),
+                         modality="audio", dropout=0.0, pooling="mean_with_padding",
+                         optimizer=partial(torch.optim.AdamW, lr=1e-4, weight_decay=0.01, fused=True))
+
+    def datamodule():
+        L.seed_everything(0, verbose=False)  # the same clip order every round
+        return SFTDataModule(task="audio_classification", train_file=str(listing), val_file=str(eval_listing),
+                             test_file=str(eval_listing), input_spec=audio_input_spec(str(model_dir)),
+                             max_seconds=size["max_seconds"], batch_size=size["batch_size"],
+                             num_workers=size["workers"])
+
+    first = datamodule()
+    first.setup("fit")
+    order = list(first.train_dataloader().sampler)  # the epoch's clip order, which the peer follows too
+    examples = first.encoded("train").examples
+    label_names = first.label_names
+    clips = [sf.read(examples[i]["audio"], dtype="float32")[0] for i in order]
+    labels = [examples[i]["labels"] for i in order]
+    del first
+    # A shared machine's passing load would decide a single run: alternate the sides `rounds` times and
+    # keep each side's fastest.
+    results: dict[str, list[Result]] = {"ours": [], "peer": []}
+    for _ in range(size.get("rounds", 1)):
+        results["ours"].append(fit_and_time(fresh_module(label_names), datamodule(), size))
+        gc.collect()  # the finished trainer's loader workers go before the other side starts
+        results["peer"].append(run_plain_audio_loop(fresh_module(label_names), clips, labels, size))
+    ours, peer = (max(results[side], key=lambda r: r.samples_per_s) for side in ("ours", "peer"))
+    return ours, peer, "plain loop, decoded clips"
+
+
 # -- inference: ONNX Runtime against eager PyTorch --------------------------------------------------
 # Always on the CPU (the point is CPU serving); "gpu" is the same size, so --size may be left out anywhere.
 ONNX_SIZES = {name: {"shape": "minilm", "batch_size": 32, "warmup": 2, "steps": 10, "precision": "32-true",
@@ -694,11 +836,11 @@ def onnx_cpu(size: dict, workdir: Path):
 
 
 WORKLOADS = {"text_cls": text_cls, "overhead": overhead, "chat_sft": chat_sft, "image_cls": image_cls,
-             "onnx_cpu": onnx_cpu}
+             "audio_cls": audio_cls, "onnx_cpu": onnx_cpu}
 WORKLOAD_SIZES = {"text_cls": SIZES, "overhead": SIZES, "chat_sft": CHAT_SIZES, "image_cls": IMAGE_SIZES,
-                  "onnx_cpu": ONNX_SIZES}
+                  "audio_cls": AUDIO_SIZES, "onnx_cpu": ONNX_SIZES}
 WORKLOAD_SHAPES = {"text_cls": SHAPES, "overhead": SHAPES, "chat_sft": LLAMA_SHAPES, "image_cls": IMAGE_SHAPES,
-                   "onnx_cpu": SHAPES}
+                   "audio_cls": AUDIO_SHAPES, "onnx_cpu": SHAPES}
 
 
 def main() -> None:

@@ -24,7 +24,7 @@ if compgen -G "$HERE/wheels/*.whl" > /dev/null; then
     "$PYTHON" -m pip install --quiet --no-index --no-deps "$HERE"/wheels/*.whl
 fi
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
-for workload in text_cls overhead chat_sft image_cls; do
+for workload in text_cls overhead chat_sft image_cls audio_cls; do
     more=(${EXTRA[@]+"${EXTRA[@]}"})
     [[ "$workload" == chat_sft ]] && more+=(${CHAT_EXTRA[@]+"${CHAT_EXTRA[@]}"})
     "$PYTHON" "$HERE/compare.py" "$workload" --size "$SIZE" ${more[@]+"${more[@]}"} --json "$OUT/$workload.json"

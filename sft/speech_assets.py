@@ -156,4 +156,20 @@ def speech_assets(Asset) -> list:
             prepare=_prepare_whisper, prepared="model",
         ),
         _asterisk(Asset),
+        _keywords(Asset),
     ]
+
+
+def _keywords(Asset):
+    from sft.spoken_digits import GENERATOR_VERSION, prepare_keywords
+
+    return Asset(
+        name="audio_keywords", kind="dataset", registry="generated", package="espeak-ng flite",
+        version=f"synth{GENERATOR_VERSION}", archive="", member="", sha256="",
+        license="generated speech (espeak-ng GPL-3.0, flite BSD-style; the output is not covered by either); "
+                "real.jsonl points into asterisk_prompts (CC-BY-SA-3.0)",
+        description="the ten English digit words (zero..nine) from 77 synthetic voices (espeak-ng accents and "
+                    "variants, flite), speed and pitch varied, half through an 8 kHz channel; val/test hold out "
+                    "whole voices; real.jsonl: the Asterisk prompts' human recordings of the same words",
+        prepare=prepare_keywords, prepared="train.jsonl",
+        splits=(("val", "val.jsonl"), ("test", "test.jsonl"), ("real", "real.jsonl"), ("all", "data.jsonl")))

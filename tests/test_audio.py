@@ -65,12 +65,10 @@ def write_listing(root: Path, per_class: int) -> Path:
     return listing
 
 
-@pytest.fixture(scope="session")
-def tiny_whisper_dir(tmp_path_factory) -> str:
+def tiny_whisper_folder(folder: Path) -> str:
     """A 2-layer Whisper (encoder and decoder, random init) with its feature extractor."""
     from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration
 
-    folder = tmp_path_factory.mktemp("tiny_whisper")
     torch.manual_seed(0)
     config = WhisperConfig(vocab_size=64, d_model=32, encoder_layers=2, decoder_layers=1, encoder_attention_heads=2,
                            decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64, num_mel_bins=80,
@@ -87,11 +85,14 @@ def tiny_whisper_dir(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="session")
-def tiny_wav2vec2_dir(tmp_path_factory) -> str:
+def tiny_whisper_dir(tmp_path_factory) -> str:
+    return tiny_whisper_folder(tmp_path_factory.mktemp("tiny_whisper"))
+
+
+def tiny_wav2vec2_folder(folder: Path) -> str:
     """A 2-layer wav2vec2 (random init) with a layer-norm feature encoder and its feature extractor."""
     from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2Model
 
-    folder = tmp_path_factory.mktemp("tiny_wav2vec2")
     torch.manual_seed(0)
     Wav2Vec2Model(Wav2Vec2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
                                  conv_dim=(16, 16, 16), conv_stride=(5, 4, 4), conv_kernel=(10, 4, 4), feat_extract_norm="layer",
@@ -99,6 +100,11 @@ def tiny_wav2vec2_dir(tmp_path_factory) -> str:
                   ).save_pretrained(folder)
     Wav2Vec2FeatureExtractor(return_attention_mask=True).save_pretrained(folder)
     return str(folder)
+
+
+@pytest.fixture(scope="session")
+def tiny_wav2vec2_dir(tmp_path_factory) -> str:
+    return tiny_wav2vec2_folder(tmp_path_factory.mktemp("tiny_wav2vec2"))
 
 
 def audio_overrides(train_file, pretrained, extra=()) -> list[str]:
@@ -138,6 +144,50 @@ def test_confusion_matrix_in_tensorboard(whisper_run):
     events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"images": 0})
     events.Reload()
     assert "val/confusion_matrix" in events.Tags()["images"]
+
+
+def test_misclassified_clips_in_tensorboard(whisper_run):
+    """Each logged clip is the window the model heard of a validation file, and the table beside it names
+    that file with a prediction that differs from its label (the folder it sits in)."""
+    import io
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_dir, _ = whisper_run
+    events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"audio": 0, "tensors": 0})
+    events.Reload()
+    tags = [tag for tag in events.Tags()["audio"] if tag.startswith("val/misclassified_audio/")]
+    assert tags and len(tags) <= 4  # callbacks.audio_samples.num_samples
+    tables = {e.step: e.tensor_proto.string_val[0].decode() for e in events.Tensors("val/misclassified_audio/text_summary")}
+    checked = 0
+    for tag in tags:
+        for event in events.Audio(tag):
+            assert event.sample_rate == 16000
+            k = int(tag.rsplit("/", 1)[1])
+            row = next(line for line in tables[event.step].splitlines() if line.startswith(f"| {k} |"))
+            _, _, path, label, predicted, *_ = [cell.strip() for cell in row.split("|")]
+            assert label != predicted and label == Path(path).parent.name and predicted in TONES
+            heard, rate = sf.read(io.BytesIO(event.encoded_audio_string), dtype="float32")
+            assert rate == 16000
+            expected = load_audio(path, 16000)[:16000]  # max_seconds=1.0, the start of the clip
+            assert len(heard) == len(expected) and np.abs(heard - expected).max() < 1e-3
+            checked += 1
+    assert checked >= 1
+
+
+def test_extra_test_set_equals_eval_on_that_file(whisper_run, tmp_path):
+    """callbacks ExtraTestSet (experiment=audio_keywords's real recordings) scores a second file with the
+    test metrics: the same figures as eval.py test_file= on that file."""
+    run_dir, _ = whisper_run
+    clips = run_dir.parent / "clips"
+    metrics = evaluate(compose_config("eval", [
+        f"ckpt_path={run_dir / 'checkpoints' / 'best.ckpt'}", "trainer.accelerator=cpu", f"test_file={clips}",
+        "+callbacks.again._target_=sft.callbacks.extra_test.ExtraTestSet", "+callbacks.again.name=again",
+        f"+callbacks.again.file={clips}"], tmp_path / "eval"))
+    assert metrics["test/again_records"] == 60.0
+    for name in ("acc", "f1"):
+        assert metrics[f"test/again_{name}"] == pytest.approx(metrics[f"test/{name}"], abs=1e-6), name
+    assert metrics["test/acc"] > 0.5  # a trained model (chance is 1/3), so equal figures are not trivially equal
 
 
 def test_eval_predictions_and_export_predictor(whisper_run, tmp_path):
@@ -326,3 +376,92 @@ def test_asterisk_prompts_asset():
     assert not (splits["train"] & splits["test"]) and not (splits["train"] & splits["val"])  # split by prompt
     wave, rate = sf.read(folder / rows[0]["path"])
     assert rate == 8000 and wave.ndim == 1
+
+
+# -- the synthetic keyword data set (espeak-ng and flite: apt-get install -y espeak-ng flite) --------------
+@pytest.fixture(scope="module")
+def keywords_dir(tmp_path_factory) -> Path:
+    from sft.spoken_digits import generate
+
+    folder = tmp_path_factory.mktemp("keywords")
+    generate(folder, limit_voices=1, with_real=False)
+    return folder
+
+
+def test_keyword_generator_holds_out_whole_voices(keywords_dir):
+    from sft.spoken_digits import WORDS
+
+    splits = {s: [json.loads(line) for line in (keywords_dir / f"{s}.jsonl").read_text().splitlines()]
+              for s in ("train", "val", "test")}
+    voices = {s: {r["voice"] for r in rows} for s, rows in splits.items()}
+    assert not (voices["train"] & voices["test"]) and not (voices["train"] & voices["val"])
+    for s, rows in splits.items():
+        assert {r["engine"] for r in rows} == {"espeak-ng", "flite"}, s  # both synthesizers in every split
+        for voice in voices[s]:  # every voice says every word
+            assert sorted({r["label"] for r in rows if r["voice"] == voice}) == sorted(WORDS)
+    for row in splits["train"]:
+        info = sf.info(str(keywords_dir / row["path"]))
+        assert 0.2 < info.duration < 2.0 and abs(info.duration - row["seconds"]) < 0.01
+        assert info.samplerate == 8000 if row["channel"] == "telephone" else info.samplerate >= 8000
+    # Renditions of one word by one voice differ (speed and pitch are drawn per clip).
+    espeak = [r for r in splits["train"] if r["engine"] == "espeak-ng" and r["label"] == "seven"]
+    waves = [load_audio(str(keywords_dir / r["path"]), 16000) for r in espeak[:2]]
+    assert len(waves) == 2 and (len(waves[0]) != len(waves[1]) or not np.allclose(waves[0], waves[1]))
+
+
+def test_keyword_synthesis_follows_speed(tmp_path):
+    from sft.spoken_digits import synthesize
+
+    for engine, spec, slow, fast in (("espeak-ng", "en-us", 110, 230), ("flite", "slt", 1.4, 0.7)):
+        synthesize(engine, spec, "seven", slow, 50 if engine == "espeak-ng" else 150, tmp_path / "slow.wav")
+        synthesize(engine, spec, "seven", fast, 50 if engine == "espeak-ng" else 150, tmp_path / "fast.wav")
+        ratio = sf.info(str(tmp_path / "slow.wav")).duration / sf.info(str(tmp_path / "fast.wav")).duration
+        assert ratio > 1.3, (engine, ratio)
+
+
+def test_missing_synthesizer_names_the_install_command(monkeypatch):
+    from sft.assets import AssetError
+    from sft.spoken_digits import require_synthesizers
+
+    real_which = __import__("shutil").which
+    monkeypatch.setattr("shutil.which", lambda tool: None if tool == "flite" else real_which(tool))
+    with pytest.raises(AssetError, match=r"flite is not installed.*apt-get install -y espeak-ng flite"):
+        require_synthesizers()
+
+
+@pytest.mark.assets
+def test_catalog_whisper_hears_the_synthetic_digits(keywords_dir):
+    """The generated clips say their words: Whisper tiny.en transcribes most of them as that digit."""
+    from sft import assets
+    from sft.ct2_whisper import transcribe
+    from sft.spoken_digits import WORDS
+
+    rows = [json.loads(line) for line in (keywords_dir / "test.jsonl").read_text().splitlines()]
+    rows = [r for r in rows if r["engine"] == "flite"][:5] + [r for r in rows if r["engine"] == "espeak-ng"][:5]
+    model = assets.fetch("whisper-tiny-en")
+    heard = 0
+    for row in rows:
+        text = transcribe(model, load_audio(str(keywords_dir / row["path"]), 16000)).lower().strip(" .!?")
+        heard += text in (row["label"], str(WORDS.index(row["label"])))
+    assert heard >= 0.6 * len(rows), f"{heard}/{len(rows)}"
+
+
+def test_f1_stays_top1_after_a_first_batch_that_is_all_right():
+    """With more classes than top_k, a first batch the model gets all right once made torchmetrics merge
+    F1 with the top-k accuracy (equal states), so test/f1 reported a top-5 figure (0.98 at 0.93 accuracy)."""
+    from torchmetrics.functional.classification import multiclass_accuracy, multiclass_f1_score
+
+    from sft.models.audio_head import AudioClassificationHead
+
+    head = AudioClassificationHead(8, [str(i) for i in range(10)], top_k=5)
+    metrics = head.make_metrics("test/", final=True)
+    labels = torch.arange(10).repeat(4)
+    right = torch.nn.functional.one_hot(labels, 10).float() * 5
+    mostly_wrong = torch.randn(40, 10, generator=torch.Generator().manual_seed(0))
+    metrics.update(right, labels)
+    metrics.update(mostly_wrong, labels)
+    values = metrics.compute()
+    logits, targets = torch.cat([right, mostly_wrong]), torch.cat([labels, labels])
+    assert float(values["test/f1"]) == pytest.approx(float(multiclass_f1_score(logits, targets, 10, average="macro")))
+    assert float(values["test/acc"]) == pytest.approx(float(multiclass_accuracy(logits, targets, 10, average="micro")))
+    assert float(values["test/acc_top5"]) > float(values["test/f1"]) + 0.1

@@ -43,9 +43,9 @@ def figures_of(run, workload: str) -> dict:
 
 def test_gpu_script_runs_every_workload(gpu_script_run):
     out, stdout = gpu_script_run
-    assert sorted(p.name for p in out.glob("*.json")) == ["chat_sft.json", "image_cls.json", "image_pipeline.json",
-                                                          "overhead.json", "text_cls.json"]
-    assert stdout.count("ratio sft/peer") == 4
+    assert sorted(p.name for p in out.glob("*.json")) == ["audio_cls.json", "chat_sft.json", "image_cls.json",
+                                                          "image_pipeline.json", "overhead.json", "text_cls.json"]
+    assert stdout.count("ratio sft/peer") == 5
 
 
 def test_text_cls_figures(gpu_script_run):
@@ -85,6 +85,15 @@ def test_image_cls_figures(gpu_script_run):
         assert set(figures[side]) == FIGURES
     # Same module, weights and pixels in the same order (no random augmentation): identical steps.
     assert abs(figures["ours"]["mean_loss"] - figures["peer"]["mean_loss"]) < 1e-3
+
+
+def test_audio_cls_figures(gpu_script_run):
+    figures = figures_of(gpu_script_run, "audio_cls")
+    for side in ("ours", "peer", "ratio"):
+        assert set(figures[side]) == FIGURES
+    # Same module, weights and clips in the same order, whole-window pooling, no augmentation: identical
+    # steps, so sft's file decoding and feature extraction feed the model what the plain loop computes.
+    assert abs(figures["ours"]["mean_loss"] - figures["peer"]["mean_loss"]) < 1e-4
 
 
 def test_packed_batches_count_conversations_and_tokens_on_the_host():

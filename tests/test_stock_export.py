@@ -413,3 +413,83 @@ def test_causal_lm_pipeline_and_peft_adapter(tiny_llama_dir, chat_jsonl, tmp_pat
     assert meta["library_name"] == "transformers" and meta["pipeline_tag"] == "text-generation"
     meta, body = card(export / "adapter")
     assert meta["library_name"] == "peft" and "PeftModel.from_pretrained" in body
+
+
+# -- audio ------------------------------------------------------------------------------------------------
+def audio_run(tmp_path: Path, pretrained: str, extra: list[str]) -> tuple[list[dict], Path]:
+    from tests.test_audio import audio_overrides, write_folder
+
+    data = write_folder(tmp_path / "clips", per_class=10)
+    # Every clip (0.4-1.4 s) within max_seconds, which the wav2vec2 pipeline does not cut.
+    train(compose_config("train", audio_overrides(data, pretrained, [
+        "data.max_seconds=2.0", "trainer.max_epochs=2", "logger=none", *extra]), tmp_path / "run"))
+    rows, export, _ = eval_export(tmp_path / "run", tmp_path)
+    return rows, export
+
+
+def pipeline_on_files(export: Path, paths: list[str], tmp_path: Path) -> dict:
+    """transformers' audio-classification pipeline on each clip, decoded and resampled to the model's rate
+    as sft does (soundfile, mono mix, soxr HQ), in a process where sft cannot be imported."""
+    return run_without_sft(f"""
+        import soundfile, soxr
+        from transformers import pipeline
+        classify = pipeline("audio-classification", model={str(export)!r})
+        rate = classify.feature_extractor.sampling_rate
+        rows = []
+        for path in {paths!r}:
+            wave, native = soundfile.read(path, dtype="float32", always_2d=True)
+            wave = soxr.resample(wave.mean(axis=1), native, rate, quality="HQ")
+            rows.append({{s["label"]: s["score"] for s in classify(wave, top_k=None)}})
+        emit({{"class": type(classify.model).__name__, "rows": rows}})
+    """, tmp_path)
+
+
+def test_whisper_audio_classifier_loads_in_the_audio_pipeline(tmp_path):
+    from tests.test_audio import TONES, tiny_whisper_folder
+
+    rows, export = audio_run(tmp_path, tiny_whisper_folder(tmp_path / "whisper"), ["model.pooling=mean_with_padding"])
+    info = json.loads((export / "sft_model.json").read_text())
+    assert info["layout"] == "stock" and not (export / "head.safetensors").exists()
+    assert json.loads((export / "config.json").read_text())["max_source_positions"] == 100  # a 2 s window
+    long_clip = tmp_path / "long.wav"  # longer than max_seconds: the stock extractor cuts where eval does
+    import soundfile
+
+    soundfile.write(long_clip, np.sin(np.arange(16000 * 3) * 0.3).astype(np.float32) * 0.3, 16000)
+    got = pipeline_on_files(export, [r["audio"] for r in rows] + [str(long_clip)], tmp_path)
+    assert got["class"] == "WhisperForAudioClassification"
+    assert_close_rows(got["rows"][:-1], [r["probabilities"] for r in rows])
+    assert [max(p, key=p.get) for p in got["rows"][:-1]] == [r["prediction"] for r in rows]
+    body = assert_card(export, "transformers", "audio-classification", list(TONES))
+    assert 'pipeline("audio-classification"' in body
+
+    from sft.export import Predictor
+
+    answers = Predictor.load(export).predict([r["audio"] for r in rows] + [str(long_clip)])
+    assert [a["label"] for a in answers[:-1]] == [r["prediction"] for r in rows]
+    assert_close_rows([a["probabilities"] for a in answers], got["rows"])
+
+
+def test_wav2vec2_audio_classifier_loads_in_the_audio_pipeline(tmp_path):
+    from tests.test_audio import tiny_wav2vec2_folder
+
+    rows, export = audio_run(tmp_path, tiny_wav2vec2_folder(tmp_path / "wav2vec2"), [])  # pooling: mean
+    got = pipeline_on_files(export, [r["audio"] for r in rows], tmp_path)
+    assert got["class"] == "Wav2Vec2ForSequenceClassification"
+    assert_close_rows(got["rows"], [r["probabilities"] for r in rows])
+    assert [max(p, key=p.get) for p in got["rows"]] == [r["prediction"] for r in rows]
+
+
+def test_whisper_mean_pooling_falls_back_to_the_sft_layout(tmp_path, caplog):
+    from tests.test_audio import tiny_whisper_folder
+
+    with caplog.at_level(logging.WARNING):
+        rows, export = audio_run(tmp_path, tiny_whisper_folder(tmp_path / "whisper"), [])  # pooling: mean
+    assert any("model.pooling='mean'" in r.getMessage() and "mean_with_padding" in r.getMessage()
+               for r in caplog.records)
+    assert "layout" not in json.loads((export / "sft_model.json").read_text())
+    assert card(export)[0]["library_name"] == "sft"
+
+    from sft.export import Predictor
+
+    answers = Predictor.load(export).predict([r["audio"] for r in rows])
+    assert_close_rows([a["probabilities"] for a in answers], [r["probabilities"] for r in rows])

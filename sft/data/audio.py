@@ -6,7 +6,8 @@ Sources (`read_source`):
 
 Clips are decoded with soundfile (WAV, FLAC, OGG/Vorbis/Opus, MP3 where libsndfile has it), mixed
 to mono and resampled with soxr to the backbone's rate, in the DataLoader workers (the collator).
-Every clip is cut (training: at a random offset; eval: centred) or zero-padded to
+Every clip is cut (training: at a random offset; eval: its first `max_seconds`, as transformers' feature
+extractors truncate, so stock exports hear what eval hears) or zero-padded to
 `data.max_seconds`, so batches have one shape; `attention_mask` marks the real samples and the
 head pools over them only. The backbone's own Hugging Face feature extractor (log-mel for
 Whisper, normalized waveform for wav2vec2 / HuBERT / WavLM, filter banks for AST) runs in the
@@ -42,7 +43,7 @@ BAD_AUDIO_POLICIES = ("error", "skip")
 
 # data.augment: training-only waveform and feature augmentation (all off by default).
 AUGMENT_DEFAULTS: dict[str, Any] = {
-    "random_crop": True,        # clips longer than max_seconds: a random window in training (eval: the centre)
+    "random_crop": True,        # clips longer than max_seconds: a random window in training (eval: the start)
     "shift_seconds": 0.0,       # shift the clip by up to +-this many seconds (zero fill)
     "gain_db": 0.0,             # random gain in +-gain_db decibels
     "noise_prob": 0.0,          # probability of adding white noise
@@ -124,10 +125,11 @@ def _uniform(low: float, high: float) -> float:
 
 
 def fit_length(wave: np.ndarray, samples: int, random_offset: bool) -> tuple[np.ndarray, int]:
-    """(a window of at most `samples` samples, its real length): cut at a random offset or the centre."""
+    """(a window of at most `samples` samples, its real length): cut at a random offset or at the start
+    (what transformers' feature extractors keep with truncation=True)."""
     if len(wave) > samples:
         extra = len(wave) - samples
-        start = int(torch.randint(0, extra + 1, ()).item()) if random_offset else extra // 2
+        start = int(torch.randint(0, extra + 1, ()).item()) if random_offset else 0
         wave = wave[start:start + samples]
     return wave, len(wave)
 
@@ -243,6 +245,8 @@ class AudioCollator:
         batch = self.features(list(waves), list(lengths))
         if "labels" in items[0]:
             batch["labels"] = torch.as_tensor([item["labels"] for item in items])
+        if "row" in items[0]:  # the record each clip came from (sft.callbacks.audio_samples names the file)
+            batch["row"] = torch.as_tensor([item["row"] for item in items])
         return batch
 
 

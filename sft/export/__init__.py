@@ -120,6 +120,10 @@ class Predictor:
         info = read_export_info(folder)
         if info["task"] == "image_classification":
             return ImagePredictor.load(folder, device)
+        if info["task"] == "audio_classification":
+            from sft.audio_export import AudioPredictor
+
+            return AudioPredictor.load(folder, device)
         if info.get("layout") == "stock":
             from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
 
@@ -131,10 +135,6 @@ class Predictor:
             if tagging:
                 return TaggingPredictor(model, stock, tokenizer, info["label_names"], info["processor_options"])
             return cls(model, stock, tokenizer, info["label_names"], info["max_length"], info["task"])
-        if info["task"] == "audio_classification":
-            from sft.audio_export import AudioPredictor
-
-            return AudioPredictor.load(folder, device)
         task = get_task(info["task"])
         if task.modality != "text":
             raise ValueError(f"{folder}/sft_model.json: task {info['task']!r} has no Predictor; "

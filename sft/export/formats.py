@@ -213,3 +213,48 @@ chat([{{"role": "user", "content": "Hello!"}}], max_new_tokens=128, do_sample=Fa
         library, note = "transformers", "A plain causal LM (LoRA adapters merged, where the run used them)."
     write_card(out, module, datamodule, request, library_name=library, how_to_load=snippet, layout_note=note,
                label_names=[])
+
+
+def export_audio(module, datamodule, out: Path, request: Optional[ExportRequest] = None) -> Path:
+    """A stock AutoModelForAudioClassification + its feature extractor where the head folds into one
+    (Whisper with pooling=mean_with_padding, wav2vec2-family models that take an attention mask, with
+    pooling=mean); else sft's own layout (sft.audio_export)."""
+    from sft.audio_export import export_audio_module
+    from sft.export.stock import NotExpressible, check_audio_model, require_close, stock_audio_model
+
+    out.mkdir(parents=True, exist_ok=True)
+    options = datamodule.processor.export_options()
+    spec, max_seconds = dict(options["input_spec"]), float(options["max_seconds"])
+    labels = list(module.label_names)
+    try:
+        model, extractor, how = stock_audio_model(module, spec, max_seconds)
+        require_close(check_audio_model(module, model, extractor, spec, max_seconds), type(model).__name__)
+    except NotExpressible as e:
+        note = fallback_warning("audio_classification", e)
+        export_audio_module(module, options, out)
+        write_card(out, module, datamodule, request, library_name="sft", layout_note=f"**sft layout.** {note}",
+                   how_to_load=f'from sft.export import Predictor\n\nPredictor.load("{out}").predict(["clip.wav"])')
+        return out
+    model.save_pretrained(out)
+    extractor.save_pretrained(out)
+    rate = int(spec["sample_rate"])
+    write_info(out, {"layout": STOCK_LAYOUT, "task": "audio_classification", "label_names": labels,
+                     "family": module.backbone.family, "stock_class": type(model).__name__, "head_fold": how,
+                     "top_k": module.head.top_k, "input": spec, "max_seconds": max_seconds})
+    # Whisper's feature extractor cuts at max_seconds itself; wav2vec2's does not, so the snippet cuts as sft did.
+    cut = "" if module.backbone.family == "whisper" else (
+        f"\nwave = wave[:{int(round(max_seconds * rate))}]  # the first max_seconds={max_seconds:g}, as in training")
+    snippet = f'''
+import soundfile
+import soxr
+from transformers import pipeline
+
+classify = pipeline("audio-classification", model="{out}")
+wave, rate = soundfile.read("clip.wav", dtype="float32")  # WAV, FLAC, OGG, ...
+wave = soxr.resample(wave.mean(axis=1) if wave.ndim == 2 else wave, rate, {rate}, quality="HQ")  # mono, {rate} Hz{cut}
+classify(wave, top_k=None)  # every label with its probability
+# classify("clip.wav") also works where ffmpeg is installed (it decodes and resamples instead)'''
+    write_card(out, module, datamodule, request, library_name="transformers", how_to_load=snippet,
+               layout_note=f"A stock `{type(model).__name__}` ({how}) with its feature extractor; it loads with "
+                           f"transformers alone.")
+    return out

@@ -215,3 +215,94 @@ def check_image_model(module, model: nn.Module, spec: dict, family: str) -> floa
 def require_close(difference: float, what: str) -> None:
     if not difference <= TOLERANCE:
         raise NotExpressible(f"{what} differs from sft's head by {difference:.2e} (> {TOLERANCE:g}) on the probe batch")
+
+
+# -- audio ----------------------------------------------------------------------------------------
+def whisper_window(spec: dict, max_seconds: float) -> int:
+    """Whisper's encoder positions for a `max_seconds` window; the stock feature extractor pads to
+    `chunk_length` whole seconds, so only windows of whole seconds have a stock equivalent."""
+    if not float(max_seconds).is_integer():
+        raise NotExpressible(f"data.max_seconds={max_seconds:g}: WhisperFeatureExtractor pads to a whole number of "
+                             f"seconds (chunk_length); train with a whole number of seconds to export a stock model")
+    hop = int(spec["feature_extractor"].get("hop_length", 160))
+    frames = int(max_seconds) * int(spec["sample_rate"]) // hop
+    return frames // 2  # conv2 has stride 2
+
+
+def stock_audio_model(module, spec: dict, max_seconds: float) -> tuple[nn.Module, Any, str]:
+    """(the transformers audio classifier that computes what the sft module computes, the feature
+    extractor the audio-classification pipeline should use, how the head was folded)."""
+    from transformers import AutoModelForAudioClassification
+
+    from sft.data.audio import make_feature_extractor
+
+    backbone, head = module.backbone, module.head
+    family, pooling = backbone.family, head.pooling
+    config = copy.deepcopy(backbone.config)
+    label_config(config, list(module.label_names))
+    config.use_weighted_layer_sum = False
+    config.classifier_proj_size = backbone.num_features  # the projector becomes the identity
+    state = dict(backbone.model.state_dict())
+    extractor_settings = dict(spec["feature_extractor"])
+    if family == "whisper":
+        if pooling != "mean_with_padding":
+            raise NotExpressible(f"model.pooling={pooling!r}: WhisperForAudioClassification averages every frame of "
+                                 f"its window, padding included; train with model.pooling=mean_with_padding to export "
+                                 f"a stock model")
+        positions = whisper_window(spec, max_seconds)
+        # The encoder takes exactly max_source_positions * 2 mel frames: a window of max_seconds, not 30 s.
+        config.max_source_positions = positions
+        state["embed_positions.weight"] = state["embed_positions.weight"][:positions]
+        extractor_settings["chunk_length"] = int(max_seconds)
+    elif family == "waveform":
+        if pooling != "mean":
+            raise NotExpressible(f"model.pooling={pooling!r}: {config.model_type}'s sequence classifier averages the "
+                                 f"clip's frames (model.pooling=mean)")
+        if not backbone.pass_attention_mask:
+            raise NotExpressible(f"{config.model_type} without an attention mask (a group-norm feature encoder): the "
+                                 f"zero padding sft adds up to data.max_seconds changes its features, and the stock "
+                                 f"pipeline does not pad")
+    else:
+        raise NotExpressible(f"{config.model_type}: its stock classifier pools its first tokens, sft's head averages "
+                             f"every position")
+    try:
+        model = AutoModelForAudioClassification.from_config(config).float().eval()
+    except ValueError as e:
+        raise NotExpressible(f"transformers has no AutoModelForAudioClassification class for model_type "
+                             f"{config.model_type!r}") from e
+    encoder = model.encoder if family == "whisper" else model.base_model
+    load_base(encoder, state, (), type(model).__name__)
+    hidden = backbone.num_features
+    set_linear(model.projector, torch.eye(hidden), torch.zeros(hidden), f"{type(model).__name__}.projector")
+    weight, bias = head_linear(head, "audio_classification")
+    set_linear(model.classifier, weight, bias, f"{type(model).__name__}.classifier")
+    extractor = make_feature_extractor({**spec, "feature_extractor": extractor_settings})
+    how = "projector set to the identity, classifier = sft's linear layer"
+    if family == "whisper":
+        how += f"; a {int(max_seconds)} s window (max_source_positions={config.max_source_positions}, chunk_length)"
+    return model, extractor, how
+
+
+@torch.no_grad()
+def check_audio_model(module, model: nn.Module, extractor, spec: dict, max_seconds: float) -> float:
+    """Largest difference between sft's eval probabilities and the stock model's on clips prepared as
+    the audio-classification pipeline prepares them (one clip at a time, the stock feature extractor);
+    one clip fills the window, one is shorter (padding), one is longer (cut)."""
+    import numpy as np
+
+    from sft.data.audio import AudioCollator
+
+    rate = int(spec["sample_rate"])
+    samples = int(round(max_seconds * rate))
+    rng = np.random.default_rng(0)
+    clips = [rng.normal(0, 0.1, n).astype(np.float32) for n in (samples, samples * 3 // 5)]
+    if module.backbone.family == "whisper":  # the pipeline truncates only Whisper's input
+        clips.append(rng.normal(0, 0.1, samples * 3 // 2).astype(np.float32))
+    device = next(module.parameters()).device
+    batch = AudioCollator(spec, max_seconds, train=False)([{"audio": clip} for clip in clips])
+    with eval_mode(module):
+        on_device = {k: v.to(device) for k, v in batch.items()}
+        ours = module.head(module.backbone(on_device), on_device).float().softmax(-1).cpu()
+    theirs = torch.cat([model(**extractor(clip, sampling_rate=rate, return_tensors="pt")).logits.float().softmax(-1)
+                        for clip in clips])
+    return float((ours - theirs).abs().max())

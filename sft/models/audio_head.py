@@ -13,7 +13,10 @@ from sft.errors import ConfigError
 from sft.models.heads import pool
 from sft.models.image_head import ImageClassificationHead
 
-AUDIO_POOLINGS = ("mean", "attention")
+# mean: over the clip's real frames; mean_with_padding: over every frame of the max_seconds window, as
+# transformers' WhisperForAudioClassification does (so a Whisper head trained with it exports as that class);
+# attention: a learned score per real frame.
+AUDIO_POOLINGS = ("mean", "mean_with_padding", "attention")
 
 
 class AttentionPool(nn.Module):
@@ -40,5 +43,10 @@ class AudioClassificationHead(ImageClassificationHead):
 
     def forward(self, features: tuple[torch.Tensor, torch.Tensor], batch: dict) -> torch.Tensor:
         hidden, mask = features
-        pooled = self.attention(hidden, mask) if self.attention is not None else pool(hidden, mask, "mean")
+        if self.attention is not None:
+            pooled = self.attention(hidden, mask)
+        elif self.pooling == "mean_with_padding":
+            pooled = hidden.mean(1)
+        else:
+            pooled = pool(hidden, mask, "mean")
         return self.classifier(self.dropout(pooled))

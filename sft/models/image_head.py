@@ -64,7 +64,9 @@ class ImageClassificationHead(Head):
             metrics["confusion"] = MulticlassConfusionMatrix(n)
         if final:
             metrics["f1_per_class"] = MulticlassF1Score(n, average=None)
-        return MetricCollection(metrics, prefix=prefix)
+        # No compute groups: torchmetrics merges metrics whose states are equal after the first batch, and a
+        # batch the model gets all right makes top-1 and top-k states equal: F1 then read the top-k state.
+        return MetricCollection(metrics, prefix=prefix, compute_groups=False)
 
     def metric_names(self, prefix: str, final: bool = False) -> set[str]:
         names = {f"{prefix}acc", f"{prefix}f1"}

@@ -108,12 +108,13 @@ class SFTModule(L.LightningModule):
         inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
         return self.head(self.backbone(**inputs).last_hidden_state, batch)
 
-    def _step(self, batch: dict, metrics) -> tuple[torch.Tensor, int]:
-        """The batch's loss, and how many items (records, or supervised tokens) it is a mean over."""
+    def _step(self, batch: dict, metrics) -> tuple[torch.Tensor, int, torch.Tensor]:
+        """The batch's loss, how many items (records, or supervised tokens) it is a mean over, and the
+        head's outputs."""
         outputs = self(batch)
         loss = self.head.loss(outputs, batch)
         self.head.update_metrics(metrics, outputs, batch)
-        return loss, self.head.loss_weight(outputs, batch)
+        return loss, self.head.loss_weight(outputs, batch), outputs
 
     def _log_metrics(self, metrics, **kwargs) -> None:
         values = metrics.compute()
@@ -123,7 +124,7 @@ class SFTModule(L.LightningModule):
 
     # -- steps -----------------------------------------------------------------------------
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        loss, _ = self._step(batch, self.train_metrics)
+        loss, _, _ = self._step(batch, self.train_metrics)
         self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False)
         return loss
@@ -131,17 +132,18 @@ class SFTModule(L.LightningModule):
     def on_train_epoch_end(self) -> None:
         self._log_metrics(self.train_metrics)
 
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
+    def validation_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         # Weighted by the items the loss averages, the epoch's val/loss is a mean over items (tokens
         # for a causal LM), not a mean of batch means.
-        loss, weight = self._step(batch, self.val_metrics)
+        loss, weight, outputs = self._step(batch, self.val_metrics)
         self.log("val/loss", loss, on_epoch=True, batch_size=max(weight, 1), sync_dist=True)
+        return outputs  # for callbacks that look at predictions (sft.callbacks.audio_samples)
 
     def on_validation_epoch_end(self) -> None:
         self._log_metrics(self.val_metrics, prog_bar=True)
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
-        loss, weight = self._step(batch, self.test_metrics)
+        loss, weight, _ = self._step(batch, self.test_metrics)
         self.log("test/loss", loss, on_epoch=True, batch_size=max(weight, 1), sync_dist=True)
 
     def on_test_epoch_end(self) -> None:

@@ -15,13 +15,15 @@ from sft.tasks.options import PerLabel
 class AudioDataOptions:
     audio_column: str = option("path", "field holding the clip path in CSV/JSONL files (relative to that file)")
     on_bad_audio: Literal["error", "skip"] = option("error", "a missing, empty, truncated or undecodable file: error, or skip and count it")
-    max_seconds: float = option(10.0, "clips are cut (train: random window, eval: centre) or zero-padded to this length", above=0.0)
+    max_seconds: float = option(10.0, "clips are cut (train: random window, eval: the start) or zero-padded to this length", above=0.0)
     augment: dict = option(help="training-only augmentation (sft.data.audio.AUGMENT_DEFAULTS)", default_factory=dict)
 
 
 @dataclass
 class AudioHeadOptions:
-    pooling: Literal["mean", "attention"] = option("mean", "mean over the clip's frames, or learned attention pooling")
+    pooling: Literal["mean", "mean_with_padding", "attention"] = option(
+        "mean", "mean over the clip's frames, mean over the whole max_seconds window (padding included; Whisper "
+        "exports as a stock WhisperForAudioClassification), or learned attention pooling")
     dropout: float = option(0.1, "dropout before the classification layer", min=0.0, below=1.0)
     label_smoothing: float = option(0.0, "cross-entropy label smoothing", min=0.0, below=1.0)
     class_weights: PerLabel = option(None, "per-class loss weights: a list in label order or {label: weight}")
@@ -52,6 +54,6 @@ class AudioClassification(Task):
                                        options.label_smoothing, options.class_weights, options.top_k)
 
     def export(self, module, datamodule, out_dir, request=None):
-        from sft.audio_export import export_audio_module
+        from sft.export.formats import export_audio
 
-        export_audio_module(module, datamodule.processor.export_options(), out_dir)
+        export_audio(module, datamodule, out_dir, request)
