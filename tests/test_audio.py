@@ -429,23 +429,6 @@ def test_missing_synthesizer_names_the_install_command(monkeypatch):
         require_synthesizers()
 
 
-@pytest.mark.assets
-def test_catalog_whisper_hears_the_synthetic_digits(keywords_dir):
-    """The generated clips say their words: Whisper tiny.en transcribes most of them as that digit."""
-    from sft import assets
-    from sft.ct2_whisper import transcribe
-    from sft.spoken_digits import WORDS
-
-    rows = [json.loads(line) for line in (keywords_dir / "test.jsonl").read_text().splitlines()]
-    rows = [r for r in rows if r["engine"] == "flite"][:5] + [r for r in rows if r["engine"] == "espeak-ng"][:5]
-    model = assets.fetch("whisper-tiny-en")
-    heard = 0
-    for row in rows:
-        text = transcribe(model, load_audio(str(keywords_dir / row["path"]), 16000)).lower().strip(" .!?")
-        heard += text in (row["label"], str(WORDS.index(row["label"])))
-    assert heard >= 0.6 * len(rows), f"{heard}/{len(rows)}"
-
-
 def test_f1_stays_top1_after_a_first_batch_that_is_all_right():
     """With more classes than top_k, a first batch the model gets all right once made torchmetrics merge
     F1 with the top-k accuracy (equal states), so test/f1 reported a top-5 figure (0.98 at 0.93 accuracy)."""
