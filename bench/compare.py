@@ -786,7 +786,7 @@ ONNX_SIZES = {name: {"shape": "minilm", "batch_size": 32, "warmup": 2, "steps": 
 
 
 def onnx_cpu(size: dict, workdir: Path):
-    """The default text classifier (sft's defaults: MiniLM shape, mean pooling, random init here) as
+    """The default text classifier (sft's defaults: MiniLM shape, first-token pooling, random init here) as
     `eval.py export_onnx=true` writes it, run by ONNX Runtime, against the same module in eager
     PyTorch (inference mode), on the same padded batches of sentence-like texts, same thread count.
     `mean_loss` is unused (0); `max_abs_diff` is the largest logit difference over the timed batches."""

@@ -154,7 +154,7 @@ def test_onnx_matches_pytorch(text_run, tmp_path):
 
 def test_mean_pooling_falls_back_to_the_sft_layout_with_a_warning(tiny_model_dir, sentiment_csv, tmp_path, caplog):
     train(compose_config("train", tiny_overrides(tiny_model_dir, sentiment_csv, [
-        "trainer.max_epochs=1", "logger=none"]), tmp_path / "run"))  # pooling: mean
+        "trainer.max_epochs=1", "logger=none", "model.pooling=mean"]), tmp_path / "run"))
     with caplog.at_level(logging.WARNING):
         rows, export, _ = eval_export(tmp_path / "run", tmp_path, ("export_onnx=true",))
     assert any("model.pooling='mean'" in r.getMessage() and "sft's own layout" in r.getMessage() for r in caplog.records)

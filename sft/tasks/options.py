@@ -12,7 +12,7 @@ PerLabel = Optional[Union[list, dict]]  # a list in label order, or {label: valu
 
 @dataclass
 class PooledHeadOptions:
-    pooling: Literal["cls", "mean"] = option("mean", "cls (first token) or mean (mean over non-pad tokens)")
+    pooling: Literal["cls", "mean"] = option("cls", "cls (first token: exports as the stock sequence classifier) or mean (mean over non-pad tokens)")
     dropout: float = option(0.1, "dropout before the output layer", min=0.0, below=1.0)
 
 
