@@ -70,6 +70,7 @@ class ModelSettings:
     head_lr: Optional[float] = option(None, "learning rate of the head (null: optimizer.lr)", above=0.0)
     layer_decay: Optional[float] = option(None, "layer-wise learning-rate decay", above=0.0, max=1.0)
     freeze_backbone: bool = option(False, "train only the head")
+    freeze_layers: Optional[int] = option(None, "freeze the front end and the first N layers (image and audio backbones)", min=0)
     trust_remote_code: bool = option(False, "run custom model code shipped with the weights")
     attn_implementation: Optional[str] = option(None, "transformers attention kernel")
     gradient_checkpointing: bool = option(False, "recompute activations in backward")

@@ -448,3 +448,24 @@ def test_f1_stays_top1_after_a_first_batch_that_is_all_right():
     assert float(values["test/f1"]) == pytest.approx(float(multiclass_f1_score(logits, targets, 10, average="macro")))
     assert float(values["test/acc"]) == pytest.approx(float(multiclass_accuracy(logits, targets, 10, average="micro")))
     assert float(values["test/acc_top5"]) > float(values["test/f1"]) + 0.1
+
+
+def test_freeze_layers_freezes_the_front_end_and_the_lower_layers(tiny_whisper_dir, tiny_model_dir):
+    from sft.models.module import SFTModule
+
+    module = SFTModule("audio_classification", ["a", "b"], tiny_whisper_dir, modality="audio", freeze_layers=1)
+    trainable = {name for name, p in module.named_parameters() if p.requires_grad}
+    frozen = {name for name, p in module.named_parameters() if not p.requires_grad}
+    assert any(".conv1." in n for n in frozen) and any(".layers.0." in n for n in frozen)
+    assert not any(".layers.0." in n or ".conv" in n for n in trainable)
+    assert any(".layers.1." in n for n in trainable) and any("layer_norm." in n for n in trainable)
+    assert any(n.startswith("head.") for n in trainable)
+    # the optimizer gets the trainable tensors only, layer decay or not
+    module.optimizer_factory = lambda groups: torch.optim.AdamW(groups, lr=1e-3)
+    module.scheduler_factory = None
+    optimized = {id(p) for group in module.configure_optimizers().param_groups for p in group["params"]}
+    assert optimized == {id(p) for p in module.parameters() if p.requires_grad}
+    with pytest.raises(ConfigError, match="freeze_layers=4: the backbone has 3 layer groups"):
+        SFTModule("audio_classification", ["a", "b"], tiny_whisper_dir, modality="audio", freeze_layers=4)
+    with pytest.raises(ConfigError, match="freeze_layers is for image and audio backbones"):
+        SFTModule("text_classification", ["a", "b"], tiny_model_dir, freeze_layers=1)

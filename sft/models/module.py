@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import lightning as L
 import torch
@@ -25,6 +25,7 @@ class SFTModule(L.LightningModule):
         modality: str = "text",
         head_lr: Optional[float] = None,
         freeze_backbone: bool = False,
+        freeze_layers: Optional[int] = None,
         trust_remote_code: bool = False,
         attn_implementation: Optional[str] = None,
         optimizer: Optional[Callable] = None,
@@ -79,6 +80,11 @@ class SFTModule(L.LightningModule):
         self.backbone.train()
         if freeze_backbone:
             self.backbone.requires_grad_(False)
+        elif freeze_layers:
+            if modality not in ("image", "audio"):
+                raise ConfigError("model.freeze_layers is for image and audio backbones; for a text encoder use "
+                                  "model.freeze_backbone or model.lora")
+            freeze_lower_layers(self.backbone, freeze_layers)
         self.head_options = head_options  # the head's settings and what was learned for it from the data
         self.head = self.task.build_head(hidden_size, label_names, head_options)
         self.flops_per_batch = None  # set per batch by SFTThroughputMonitor, for FLOP/s and MFU in the logs
@@ -193,6 +199,19 @@ class SFTModule(L.LightningModule):
             return optimizer
         scheduler = self.scheduler_factory(optimizer, total_steps=self.trainer.estimated_stepping_batches)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def freeze_lower_layers(backbone: Any, count: int) -> None:
+    """Freeze the front end (stem, embeddings) and the first `count` layers of an image or audio
+    backbone, by the depth index that layer-wise LR decay uses; backward then stops above them,
+    which also saves their compute."""
+    ids, depth = backbone.layer_ids()  # 0: the front end; 1..depth-1: layers (timm: blocks or stages)
+    if count >= depth:
+        raise ConfigError(f"model.freeze_layers={count}: the backbone has {depth - 1} layer groups above its "
+                          "front end (model.freeze_backbone=true freezes all of it)")
+    for name, param in backbone.named_parameters():
+        if ids.get(name, depth) <= count:
+            param.requires_grad_(False)
 
 
 def compile_backbone(backbone: torch.nn.Module, options: dict, decoder: bool = False) -> None:
