@@ -10,7 +10,7 @@ import time
 from typing import Optional
 
 import lightning as L
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, TQDMProgressBar
 from lightning.pytorch.utilities import rank_zero_only
 
 log = logging.getLogger("sft")
@@ -42,6 +42,7 @@ class DurationEstimate(Callback):
         self._start: Optional[tuple[int, float]] = None
         self._reported_at = -1
         self.seconds_per_step: Optional[float] = None
+        self.time_left: Optional[float] = None  # seconds of training left, once measured (shown by ProgressBar)
 
     @rank_zero_only
     def on_train_start(self, trainer: L.Trainer, pl_module) -> None:
@@ -54,6 +55,9 @@ class DurationEstimate(Callback):
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         step = trainer.global_step
+        total = trainer.estimated_stepping_batches
+        if self.seconds_per_step is not None and total not in (None, float("inf")):
+            self.time_left = max(int(total) - step, 0) * self.seconds_per_step
         if step == self._reported_at:
             return  # gradient accumulation: the same optimizer step
         if self._start is None:
@@ -80,7 +84,19 @@ class DurationEstimate(Callback):
         if total in (None, float("inf")):
             log.info("Duration: %.2f s per optimizer step (step %d)", self.seconds_per_step, step)
             return
-        left = max(int(total) - step, 0) * self.seconds_per_step
+        left = self.time_left = max(int(total) - step, 0) * self.seconds_per_step
         log.info("Duration: %.2f s per optimizer step; about %s of training left for %d more steps (step %d of %d; "
                  "validation adds to it)", self.seconds_per_step, _clock(left), max(int(total) - step, 0), step,
                  int(total))
+
+
+class ProgressBar(TQDMProgressBar):
+    """Lightning's terminal progress bar, with the training time left (`left=H:MM:SS`) once a
+    DurationEstimate callback has measured the seconds per step."""
+
+    def get_metrics(self, trainer: L.Trainer, pl_module) -> dict:
+        metrics = super().get_metrics(trainer, pl_module)
+        for callback in trainer.callbacks:
+            if isinstance(callback, DurationEstimate) and callback.time_left is not None:
+                metrics["left"] = _clock(callback.time_left)
+        return metrics
