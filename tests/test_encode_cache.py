@@ -113,3 +113,27 @@ def test_chat_audit_is_shown_for_a_cached_split(tmp_path, cache_root, caplog):
             dm.setup("fit")
         assert sum("[audit]" in r.getMessage() for r in caplog.records) == 2 * 2, run  # 2 records of train and val
     assert len(entries(cache_root)) == 2
+
+
+def test_label_map_is_kept_for_the_same_training_records(tiny_model_dir, tmp_path, cache_root, monkeypatch):
+    from sft.data.text_classification import TextClassificationProcessor
+
+    data = write_sentiment_csv(tmp_path / "train.csv", rows=60, labels=("a", "b"))
+    fits = []
+    original = TextClassificationProcessor.fit
+
+    def counting(self, train):
+        fits.append(len(train))
+        return original(self, train)
+
+    monkeypatch.setattr(TextClassificationProcessor, "fit", counting)
+    first = datamodule(tiny_model_dir, data)
+    assert first.label_names == ["a", "b"] and len(fits) == 1
+    second = datamodule(tiny_model_dir, data, batch_size=4)  # a loader setting: the same label map
+    assert second.label_names == ["a", "b"] and len(fits) == 1  # not fitted again
+    other_split = datamodule(tiny_model_dir, data, split_seed=7)  # other training records: fitted
+    assert other_split.label_names == ["a", "b"] and len(fits) == 2
+    extra = write_sentiment_csv(tmp_path / "extra.csv", rows=20, seed=1, labels=("a", "c"))
+    data.write_text(data.read_text() + extra.read_text().split("\n", 1)[1])  # the same file, a new label
+    changed = datamodule(tiny_model_dir, data)
+    assert changed.label_names == ["a", "b", "c"] and len(fits) == 3

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from functools import partial
@@ -80,6 +81,14 @@ def seeded_split(n: int, fraction: float, seed: int, of: Optional[int] = None) -
         raise DataError(f"cannot carve {fraction:.0%} of {of} records off for evaluation and keep any for training "
                         f"({n} left before this split)")
     return sorted(order[carved:].tolist()), sorted(order[:carved].tolist())
+
+
+def write_text_atomically(path: Path, text: str) -> None:
+    """A reader (another launch, another rank) sees the whole file or none."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary.write_text(text, encoding="utf-8")
+    os.replace(temporary, path)
 
 
 def check_data_settings(task: Task, settings: dict) -> tuple[DataSettings, Any]:
@@ -236,8 +245,27 @@ class SFTDataModule(L.LightningDataModule):
     def label_names(self) -> list[str]:
         """The label map (index -> name), built from the training split unless given."""
         if self.processor.label_names is None:
-            self.processor.fit(self.tables()["train"])
+            train = self.tables()["train"]
+            kept = self._label_map_entry(train)
+            if kept is not None and kept.is_file():  # the same records and settings as a finished fit
+                self.processor.label_names = json.loads(kept.read_text(encoding="utf-8"))
+                rank_zero_info(f"[data] label map of {train.path}: {len(self.processor.label_names)} labels, "
+                               f"kept from an earlier launch on the same records ({kept})")
+            else:
+                self.processor.fit(train)
+                if kept is not None:
+                    write_text_atomically(kept, json.dumps(self.processor.label_names, ensure_ascii=False))
         return self.processor.label_names
+
+    def _label_map_entry(self, train: Table) -> Optional[Path]:
+        """Where the label map fitted on these training records is kept between launches (None: it
+        is not kept: the processor learns more than the label map, or the records have no fingerprint)."""
+        if not self.processor.fit_sets_only_label_names or not self.hparams.cache_encoded or train.fingerprint() is None:
+            return None
+        settings = {k: v for k, v in self.hparams.items() if k not in encode_cache.LOADER_ONLY}
+        return encode_cache.entry_path(assets.cache_root() / "label_maps", {
+            "split": "train", "settings": settings, "records": train.fingerprint(),
+            "processor": type(self.processor).__qualname__}).with_suffix(".json")
 
     @property
     def head_options(self) -> dict:

@@ -18,6 +18,9 @@ class Processor:
     label_names: Optional[list[str]] = None
     step_normalized: bool = False  # training batches carry their optimizer step's supervised-token count
     index_fields: tuple[str, ...] = ("row",)  # example fields that hold the index of their record in the table
+    # fit() sets nothing but label_names, from the training records and the settings: the data module
+    # may then keep the label map between launches, keyed by the records' fingerprint.
+    fit_sets_only_label_names: bool = False
 
     # -- reading and learning from the training split --------------------------------------------
     def read_source(self, path, key: str, encoding: str = "utf-8") -> Table:

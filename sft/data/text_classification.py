@@ -56,6 +56,7 @@ class EncodeReport:
 
 
 class TextClassificationProcessor(Processor):
+    fit_sets_only_label_names = True
     def __init__(self, tokenizer, text_column: str, label_column: str, text_pair_column: str | None = None,
                  max_length: int = 128, label_names: list[str] | None = None):
         self.tokenizer = tokenizer
