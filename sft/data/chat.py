@@ -271,8 +271,9 @@ class ChatProcessor(Processor):
         text = self.render(messages)
         ids, offsets = self._tokenize(text, where)
         spans = []  # (char start, char end, role, trained) of each message's own text
+        before = ""  # the rendering of messages[:i] (the previous turn's `upto`): each prefix is rendered once
         for i, message in enumerate(messages):
-            upto = self.render(messages[: i + 1])
+            upto = text if i == len(messages) - 1 else self.render(messages[: i + 1])
             if not text.startswith(upto):
                 raise TemplateError(f"{where}: the chat template renders messages[{i}] differently when later "
                                     "messages follow, so labels cannot be taken from offsets; use a template that "
@@ -284,9 +285,10 @@ class ChatProcessor(Processor):
                                         "of the rendered conversation; labels cannot be taken from offsets")
                 start = len(prompt)
             else:
-                start = len(self.render(messages[:i])) if i else 0
+                start = len(before)
             end = len(upto.rstrip())  # whitespace after the end-of-turn token belongs to no turn
             spans.append((start, end, message["role"], message.get("train", True) is not False))
+            before = upto
 
         def covered(start: int, end: int) -> list[int]:
             return [k for k, (s, e) in enumerate(offsets) if e > s and s < end and e > start]
