@@ -119,6 +119,64 @@ def test_another_template_without_generation_marker(tmp_path):
     assert supervised_runs(example["input_ids"], example["labels"]) == [ids(tokenizer, " red" + EOT)]
 
 
+def test_a_batch_renders_as_apply_chat_template_and_encodes_as_each_record_alone(tmp_path):
+    """Records are rendered and tokenized a batch at a time: each must come out as the tokenizer's
+    own apply_chat_template renders it, and as it encodes on its own (nothing mixed between records)."""
+    template = "{{ bos_token }}" + CHATML
+    tokenizer = make_tokenizer(tmp_path / "tok", template=template)
+    records = [
+        {"messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "red or blue ?"},
+                      {"role": "assistant", "content": "red"}, {"role": "user", "content": "and now ?", "train": False},
+                      {"role": "assistant", "content": "blue"}]},
+        {"messages": [{"role": "user", "content": "what colour ?"}, {"role": "assistant", "content": "green", "train": False},
+                      {"role": "user", "content": "again ?"}, {"role": "assistant", "content": "yellow"}]},
+        {"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "red"}]},
+    ]
+    table = read_table(write_jsonl(tmp_path / "d.jsonl", records))
+    for train_on_prompt in (False, True):
+        processor = ChatProcessor(tokenizer, max_length=128, train_on_prompt=train_on_prompt)
+        conversations = [[{"role": m["role"], "content": m["content"]} for m in r["messages"]] for r in records]
+        for generation_prompt in (False, True):
+            assert processor.render_many(conversations, generation_prompt) == [
+                tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=generation_prompt)
+                for c in conversations]
+        examples, _ = processor.encode(table)
+        alone = [processor.render_example(r, "messages", f"r{k}") for k, r in enumerate(records)]
+        assert [e["input_ids"] for e in examples] == [a.input_ids for a in alone]
+        assert [e["labels"] for e in examples] == [a.labels for a in alone]
+    # The turns a learner answers, and only those, are supervised (the second record's first answer is not).
+    processor = ChatProcessor(tokenizer, max_length=128)
+    examples, _ = processor.encode(table)
+    assert [len(supervised_runs(e["input_ids"], e["labels"])) for e in examples] == [2, 1, 1]
+    assert supervised_runs(examples[1]["input_ids"], examples[1]["labels"]) == [ids(tokenizer, "yellow" + EOT)]
+
+
+def test_template_that_renders_an_earlier_turn_differently_is_refused_naming_the_record(tmp_path):
+    """Labels come from prefixes of the rendering; a template that rewrites an earlier answer once
+    later turns follow (as some reasoning templates do) would put them in the wrong place."""
+    template = CHATML.replace("message['content'] + '<|im_end|>'",
+                              "(message['content'] if loop.last or message['role'] != 'assistant' else '...') + '<|im_end|>'")
+    tokenizer = make_tokenizer(tmp_path / "tok", template=template)
+    record = {"messages": [{"role": "user", "content": "a ?"}, {"role": "assistant", "content": "red"},
+                           {"role": "user", "content": "b ?"}, {"role": "assistant", "content": "blue"}]}
+    table = read_table(write_jsonl(tmp_path / "d.jsonl", [{"messages": record["messages"][:2]}, record]))
+    with pytest.raises(DataError, match=r"d\.jsonl:2: the chat template renders messages\[1\] differently"):
+        ChatProcessor(tokenizer, max_length=128).encode(table)
+
+
+def test_tokens_covered_by_a_span_with_and_without_ordered_offsets():
+    from sft.data.chat import _covered
+
+    offsets = [(0, 0), (0, 3), (3, 3), (3, 7), (7, 9), (9, 12)]
+    starts, ends = [s for s, _ in offsets], [e for _, e in offsets]
+    # zero-width tokens are never covered; a token is covered when it overlaps the span at all
+    assert _covered(offsets, starts, ends, True, 3, 9) == [3, 4]
+    assert _covered(offsets, starts, ends, True, 2, 8) == [1, 3, 4]
+    assert _covered(offsets, starts, ends, True, 12, 20) == []
+    shuffled = [offsets[k] for k in (3, 0, 5, 1, 4, 2)]
+    assert _covered(shuffled, [s for s, _ in shuffled], [e for _, e in shuffled], False, 3, 9) == [0, 4]
+
+
 def test_end_of_turn_is_supervised_even_when_pad_is_eos(tmp_path):
     from sft.data.packing import CausalLMCollator
 

@@ -15,6 +15,7 @@ offsets fall in such a span are supervised. This needs no `{% generation %}` mar
 
 from __future__ import annotations
 
+import bisect
 import copy
 import logging
 from dataclasses import dataclass, field
@@ -157,6 +158,16 @@ def to_messages(row: dict, shape: str, where: str) -> list[dict]:
     return out
 
 
+def _covered(offsets: list[tuple[int, int]], starts: list[int], ends: list[int], ordered: bool,
+             start: int, end: int) -> list[int]:
+    """The tokens whose characters overlap [start, end) (zero-width tokens never do); by bisection
+    where the offsets run in order, as a tokenizer gives them."""
+    if ordered:
+        first, last = bisect.bisect_right(ends, start), bisect.bisect_left(starts, end)
+        return [k for k in range(first, last) if ends[k] > starts[k]]
+    return [k for k, (s, e) in enumerate(offsets) if e > s and s < end and e > start]
+
+
 def empty_assistant_turns(messages: list[dict], shape: str) -> list[str]:
     """The supervised assistant turns whose content is empty or only whitespace, named as in the record
     (messages[3], or the field of a prompt/completion or alpaca record)."""
@@ -210,9 +221,22 @@ class ChatProcessor(Processor):
         return self._template
 
     def render(self, messages: list[dict], add_generation_prompt: bool = False) -> str:
-        plain = [{"role": m["role"], "content": m["content"]} for m in messages]
-        return self.tokenizer.apply_chat_template(plain, chat_template=self.template, tokenize=False,
-                                                  add_generation_prompt=add_generation_prompt)
+        return self.render_many([messages], add_generation_prompt)[0]
+
+    def render_many(self, conversations: list[list[dict]], add_generation_prompt: bool = False) -> list[str]:
+        """Each conversation rendered with the template, in one call: the function that
+        `apply_chat_template` renders with, given what it gives (the special tokens), so training
+        and inference render alike, without its per-call overhead."""
+        if not conversations:
+            return []
+        from transformers.utils.chat_template_utils import render_jinja_template
+
+        plain = [[{"role": m["role"], "content": m["content"]} for m in messages] for messages in conversations]
+        # annotated `-> str`, it returns (the renderings, their generation indices)
+        rendered, _ = render_jinja_template(  # type: ignore[str-unpack]
+            conversations=plain, chat_template=self.template, add_generation_prompt=add_generation_prompt,
+            **self.tokenizer.special_tokens_map)
+        return rendered
 
     def checkpoint_state(self) -> dict:
         """What a checkpoint records so the run can be reproduced at inference: the exact template
@@ -242,15 +266,25 @@ class ChatProcessor(Processor):
 
     # -- encoding -------------------------------------------------------------------------------------
     def _tokenize(self, text: str, where: str) -> tuple[list[int], list[tuple[int, int]]]:
-        encoded = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        ids, offsets = list(encoded["input_ids"]), list(encoded["offset_mapping"])
+        return self._tokenize_many([text], [where])[0]
+
+    def _tokenize_many(self, texts: list[str], wheres: list[str]) -> list[tuple[list[int], list[tuple[int, int]]]]:
+        """(ids, character offsets) of each text, tokenized in one call; BOS put in front where the
+        tokenizer would add it and the template did not."""
+        if not texts:
+            return []
+        encoded = self.tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
         bos = self.tokenizer.bos_token_id
-        if bos is not None and self._adds_bos() and (not ids or ids[0] != bos):
-            ids, offsets = [bos] + ids, [(0, 0)] + offsets
-        if bos is not None and len(ids) > 1 and ids[0] == bos and ids[1] == bos:
-            raise TemplateError(f"{where}: the rendered example starts with two BOS tokens; the chat template "
-                                "already writes bos_token, so it must not be added again")
-        return ids, offsets
+        out = []
+        for ids, offsets, where in zip(encoded["input_ids"], encoded["offset_mapping"], wheres):
+            ids, offsets = list(ids), list(offsets)
+            if bos is not None and self._adds_bos() and (not ids or ids[0] != bos):
+                ids, offsets = [bos] + ids, [(0, 0)] + offsets
+            if bos is not None and len(ids) > 1 and ids[0] == bos and ids[1] == bos:
+                raise TemplateError(f"{where}: the rendered example starts with two BOS tokens; the chat template "
+                                    "already writes bos_token, so it must not be added again")
+            out.append((ids, offsets))
+        return out
 
     def _adds_bos(self) -> bool:
         """Whether the tokenizer puts BOS in front of plain text (then a template without it gets one)."""
@@ -260,51 +294,79 @@ class ChatProcessor(Processor):
         return self._adds_bos_cache
 
     def render_example(self, row: dict, shape: str, where: str) -> Rendered:
+        return self.render_examples([row], shape, [where])[0]
+
+    def _needs_span(self, message: dict) -> bool:
+        """Whether a message's own text must be located: assistant turns always (their tokens are
+        learned, and each is checked to end with end-of-turn), other turns only when train_on_prompt
+        supervises the prompt and the message opts out with train: false."""
+        return message["role"] == "assistant" or (self.train_on_prompt and message.get("train", True) is False)
+
+    def render_examples(self, rows: list[dict], shape: str, wheres: list[str]) -> list[Rendered]:
+        """Records rendered and tokenized, labels masked by turn: every render and the tokenization
+        of a batch of records each go through one call."""
         if shape == "text":
-            text = _text(row, "text", where, shape)
-            ids, _ = self._tokenize(text, where)
-            if not ids or ids[-1] != self.end_of_turn_id:
-                ids = ids + [self.end_of_turn_id]  # a document ends with EOS, and EOS is learned
-            labels = [IGNORE] + ids[1:]
-            return Rendered(where, text + self.end_of_turn_token, ids, labels, [(1, len(ids))])
-        messages = to_messages(row, shape, where)
-        text = self.render(messages)
-        ids, offsets = self._tokenize(text, where)
-        spans = []  # (char start, char end, role, trained) of each message's own text
-        before = ""  # the rendering of messages[:i] (the previous turn's `upto`): each prefix is rendered once
-        for i, message in enumerate(messages):
-            upto = text if i == len(messages) - 1 else self.render(messages[: i + 1])
-            if not text.startswith(upto):
-                raise TemplateError(f"{where}: the chat template renders messages[{i}] differently when later "
-                                    "messages follow, so labels cannot be taken from offsets; use a template that "
-                                    "renders each turn the same way (data.chat_template)")
-            if message["role"] == "assistant":
-                prompt = self.render(messages[:i], add_generation_prompt=True) if i else ""
-                if not upto.startswith(prompt):
-                    raise TemplateError(f"{where}: the template's generation prompt for messages[{i}] is not a prefix "
-                                        "of the rendered conversation; labels cannot be taken from offsets")
-                start = len(prompt)
-            else:
-                start = len(before)
-            end = len(upto.rstrip())  # whitespace after the end-of-turn token belongs to no turn
-            spans.append((start, end, message["role"], message.get("train", True) is not False))
-            before = upto
-
-        def covered(start: int, end: int) -> list[int]:
-            return [k for k, (s, e) in enumerate(offsets) if e > s and s < end and e > start]
-
-        # train_on_prompt: every token but those of messages marked train: false; else assistant turns only.
-        labels = list(ids) if self.train_on_prompt else [IGNORE] * len(ids)
-        turns = []
-        for start, end, role, trained in spans:
-            tokens = covered(start, end)
-            for k in tokens:
-                labels[k] = ids[k] if trained and (self.train_on_prompt or role == "assistant") else IGNORE
-            if role == "assistant" and trained:
-                # an empty turn (no token at all) is recorded empty, for the audit to report
-                turns.append((tokens[0], tokens[-1] + 1) if tokens else (len(ids), len(ids)))
-        labels[0] = IGNORE  # nothing predicts the first token (so packed and unpacked rows agree)
-        return Rendered(where, text, ids, labels, turns, empty_assistant_turns(messages, shape))
+            texts = [_text(row, "text", where, shape) for row, where in zip(rows, wheres)]
+            out = []
+            for text, where, (ids, _) in zip(texts, wheres, self._tokenize_many(texts, wheres)):
+                if not ids or ids[-1] != self.end_of_turn_id:
+                    ids = ids + [self.end_of_turn_id]  # a document ends with EOS, and EOS is learned
+                out.append(Rendered(where, text + self.end_of_turn_token, ids, [IGNORE] + ids[1:], [(1, len(ids))]))
+            return out
+        conversations = [to_messages(row, shape, where) for row, where in zip(rows, wheres)]
+        # Which prefixes each conversation needs rendered: messages[:j + 1] (`upto` j, the last one is the
+        # whole conversation) and messages[:j] with the generation prompt (`prompt` j, where assistant turn j starts).
+        uptos: dict[tuple[int, int], int] = {}
+        prompts: dict[tuple[int, int], int] = {}
+        for c, messages in enumerate(conversations):
+            uptos[c, len(messages) - 1] = 0
+            for j, message in enumerate(messages):
+                if self._needs_span(message):
+                    uptos[c, j] = 0
+                    if message["role"] == "assistant" and j:
+                        prompts[c, j] = 0
+                    elif message["role"] != "assistant" and j:
+                        uptos[c, j - 1] = 0
+        upto_text = dict(zip(uptos, self.render_many([conversations[c][: j + 1] for c, j in uptos])))
+        prompt_text = dict(zip(prompts, self.render_many([conversations[c][:j] for c, j in prompts], True)))
+        texts = [upto_text[c, len(messages) - 1] for c, messages in enumerate(conversations)]
+        tokenized = self._tokenize_many(texts, wheres)
+        out = []
+        for c, messages in enumerate(conversations):
+            text, where, (ids, offsets) = texts[c], wheres[c], tokenized[c]
+            for j in range(len(messages) - 1):
+                if (c, j) in upto_text and not text.startswith(upto_text[c, j]):
+                    raise TemplateError(f"{where}: the chat template renders messages[{j}] differently when later "
+                                        "messages follow, so labels cannot be taken from offsets; use a template "
+                                        "that renders each turn the same way (data.chat_template)")
+            # train_on_prompt: every token but those of messages marked train: false; else assistant turns only.
+            labels = list(ids) if self.train_on_prompt else [IGNORE] * len(ids)
+            turns = []
+            starts, ends = [s for s, _ in offsets], [e for _, e in offsets]
+            ordered = starts == sorted(starts) and ends == sorted(ends)
+            for j, message in enumerate(messages):
+                if not self._needs_span(message):
+                    continue
+                upto = upto_text[c, j]
+                if message["role"] == "assistant":
+                    prompt = prompt_text[c, j] if j else ""
+                    if not upto.startswith(prompt):
+                        raise TemplateError(f"{where}: the template's generation prompt for messages[{j}] is not a "
+                                            "prefix of the rendered conversation; labels cannot be taken from offsets")
+                    start = len(prompt)
+                else:
+                    start = len(upto_text[c, j - 1]) if j else 0
+                end = len(upto.rstrip())  # whitespace after the end-of-turn token belongs to no turn
+                tokens = _covered(offsets, starts, ends, ordered, start, end)
+                trained = message.get("train", True) is not False
+                for k in tokens:
+                    labels[k] = ids[k] if trained and (self.train_on_prompt or message["role"] == "assistant") else IGNORE
+                if message["role"] == "assistant" and trained:
+                    # an empty turn (no token at all) is recorded empty, for the audit to report
+                    turns.append((tokens[0], tokens[-1] + 1) if tokens else (len(ids), len(ids)))
+            labels[0] = IGNORE  # nothing predicts the first token (so packed and unpacked rows agree)
+            out.append(Rendered(where, text, ids, labels, turns, empty_assistant_turns(messages, shape)))
+        return out
 
     # -- audit ------------------------------------------------------------------------------------------
     def check_example(self, item: Rendered) -> None:
@@ -346,8 +408,9 @@ class ChatProcessor(Processor):
         shape = self.shape_of(table)
         report = ChatReport(records=len(table), format=shape)
         examples = []
-        for i, row in enumerate(table.rows):
-            item = self.render_example(row, shape, table.where(i))
+        rows = table.rows
+        rendered = self.render_examples(list(rows), shape, [table.where(i) for i in range(len(rows))])
+        for i, item in enumerate(rendered):
             self.check_example(item)
             report.empty_turns += len(item.empty_turns)
             ids, labels = item.input_ids, item.labels
