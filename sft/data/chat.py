@@ -7,10 +7,11 @@ Shapes (detected from a file's first record, or declared with `data.format`):
     text               {"text": "..."}   (continued pre-training: every token supervised)
 
 Labels come from character offsets of the rendered template, never from searching for a
-response string: the template is rendered for each prefix of the conversation, and the text
-an assistant turn adds (its content and end-of-turn token) is the span between
-render(turns before it, add_generation_prompt=True) and render(turns up to it). Tokens whose
-offsets fall in such a span are supervised. This needs no `{% generation %}` marker.
+response string: the text an assistant turn adds (its content and end-of-turn token) is the
+span between render(turns before it, add_generation_prompt=True) and render(turns up to it),
+and both must be prefixes of the whole rendered conversation. Tokens whose offsets fall in such
+a span are supervised. This needs no `{% generation %}` marker. The prefixes of a batch of
+records are rendered in one call, and their texts tokenized in one.
 """
 
 from __future__ import annotations
