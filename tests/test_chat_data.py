@@ -151,6 +151,29 @@ def test_a_batch_renders_as_apply_chat_template_and_encodes_as_each_record_alone
     assert supervised_runs(examples[1]["input_ids"], examples[1]["labels"]) == [ids(tokenizer, "yellow" + EOT)]
 
 
+def test_texts_tokenize_as_the_tokenizer_call_does_whatever_state_it_was_left_in(tokenizer):
+    """The Rust tokenizer is used directly only when set as the transformers call sets it."""
+    texts = ["<|im_start|>user\nred or blue ?<|im_end|>\n", "the tree is green . what colour ?", ""]
+    expected = [(e["input_ids"], e["offset_mapping"]) for e in
+                (tokenizer(t, add_special_tokens=False, return_offsets_mapping=True) for t in texts)]
+    processor = ChatProcessor(tokenizer, max_length=128)
+    assert [(list(i), list(o)) for i, o in processor._encode_texts(texts)] == expected
+    backend = tokenizer.backend_tokenizer
+    backend.enable_truncation(max_length=3)  # as a call with truncation=True leaves it
+    try:
+        assert [(list(i), list(o)) for i, o in processor._encode_texts(texts)] == expected
+    finally:
+        backend.no_truncation()
+    tokenizer.split_special_tokens = True  # special tokens written in the text are then split
+    try:
+        split = tokenizer(texts[0], add_special_tokens=False)["input_ids"]
+        assert split != expected[0][0]
+        assert list(processor._encode_texts(texts[:1])[0][0]) == split
+    finally:
+        tokenizer.split_special_tokens = False
+        tokenizer(texts[0])  # the call puts the backend back as it was
+
+
 def test_template_that_renders_an_earlier_turn_differently_is_refused_naming_the_record(tmp_path):
     """Labels come from prefixes of the rendering; a template that rewrites an earlier answer once
     later turns follow (as some reasoning templates do) would put them in the wrong place."""
