@@ -89,7 +89,7 @@ class Rendered:
 
     @property
     def supervised(self) -> int:
-        return sum(1 for label in self.labels if label != IGNORE)
+        return len(self.labels) - self.labels.count(IGNORE)
 
 
 def load_template(chat_template: Optional[str], tokenizer) -> str:
@@ -438,7 +438,7 @@ class ChatProcessor(Processor):
                 report.truncated += 1
                 report.truncated_tokens += len(ids) - self.max_length
                 ids, labels = ids[: self.max_length], labels[: self.max_length]
-            supervised = sum(1 for label in labels if label != IGNORE)
+            supervised = len(labels) - labels.count(IGNORE)
             if supervised == 0:
                 report.dropped_unsupervised += 1
                 continue
@@ -473,7 +473,7 @@ class ChatProcessor(Processor):
         return PackedExamples(examples, pack_plan(examples.lengths(), self.max_length))
 
     def supervised_count(self, item: dict) -> int:
-        return sum(1 for label in item["labels"] if label != IGNORE)
+        return len(item["labels"]) - list(item["labels"]).count(IGNORE)
 
     # -- prompts for generation ------------------------------------------------------------------------
     def generation_examples(self, table: Table, limit: int) -> list[dict]:

@@ -65,13 +65,15 @@ def count_unknown(tokenizer, inputs: Iterable[list[int]]) -> UnknownTokens:
     counts = UnknownTokens(tokenizer=str(getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__),
                            byte_level=unk is None)
     special = set(getattr(tokenizer, "all_special_ids", None) or ()) - {unk}
+    is_special = special.__contains__
     for ids in inputs:
-        content = [token for token in ids if token not in special]
-        unknown = 0 if unk is None else sum(1 for token in content if token == unk)
+        ids = list(ids)
+        content = len(ids) - sum(map(is_special, ids))
+        unknown = 0 if unk is None else ids.count(unk)
         counts.inputs += 1
-        counts.tokens += len(content)
+        counts.tokens += content
         counts.unknown += unknown
-        counts.mostly_unknown += bool(content) and unknown / len(content) > MOSTLY_UNKNOWN
+        counts.mostly_unknown += content > 0 and unknown / content > MOSTLY_UNKNOWN
     return counts
 
 
