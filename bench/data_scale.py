@@ -14,6 +14,8 @@ file shows what the caches save. Chat: 200,000 conversations of JSONL through sf
 processor (labels masked by turn, the audit, packing) to the first packed batch, against
 `load_dataset("json")` + batched `map(apply_chat_template)` to the first padded batch (TRL is
 not installed here). Streaming: sft with data.streaming=true on a gzip JSONL of 5M records.
+Each side's imports are timed alone too (`import sft.cli` against torch, datasets and
+transformers), and the ratios are also given with them taken off.
 """
 
 from __future__ import annotations
@@ -132,6 +134,16 @@ def sft_train_command(csv: Path, model_dir: Path, run_dir: Path, extra: list[str
             "test=false", f"hydra.run.dir={run_dir}", *extra]
 
 
+# What the peer's sides import before their work (the text side's model class included).
+PEER_IMPORTS = ("import torch, datasets, transformers; from torch.utils.data import DataLoader; "
+                "from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding")
+
+
+def past_imports(ours: dict, peer: dict, imports: dict) -> float:
+    """sft/HF time once each side's import of its stack is taken off."""
+    return round((ours["seconds"] - imports["sft"]["seconds"]) / (peer["seconds"] - imports["hf"]["seconds"]), 3)
+
+
 def run(rows: list[int], chats: int, stream_rows: int, work: Path) -> dict:
     import compare
 
@@ -143,12 +155,18 @@ def run(rows: list[int], chats: int, stream_rows: int, work: Path) -> dict:
     chat_words = compare.make_chat_model(chat_dir, "tiny")
     base_env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1",
                 "PYTHONPATH": str(ROOT)}
-    figures: dict = {"text": {}, "chat": {}, "stream": {}}
+    figures: dict = {"text": {}, "chat": {}, "stream": {}, "imports": {}}
 
     def fresh_env(name: str) -> dict:
         return {**base_env, "SFT_CACHE": str(work / f"{name}-sft-cache"), "HF_DATASETS_CACHE": str(work / f"{name}-hf-cache")}
 
     me = [sys.executable, str(Path(__file__).resolve())]
+    # The fixed cost under every launch: importing each side's stack, in its own process.
+    ours = measure([sys.executable, "-c", "import sft.cli"], base_env, work)
+    peer = measure([sys.executable, "-c", PEER_IMPORTS], base_env, work)
+    figures["imports"] = {"sft": ours, "hf": peer, "extra_seconds": round(ours["seconds"] - peer["seconds"], 2)}
+    print(f"imports alone: sft (train.py's, Lightning with them) {ours['seconds']:.1f} s | HF (torch, datasets, "
+          f"transformers) {peer['seconds']:.1f} s | sft's extra {figures['imports']['extra_seconds']:.1f} s", flush=True)
     for n in rows:
         csv = write_text_csv(work / f"text-{n}.csv", n)
         env = fresh_env(f"text-{n}")
@@ -157,11 +175,13 @@ def run(rows: list[int], chats: int, stream_rows: int, work: Path) -> dict:
         peer = measure([*me, "--side", "hf_text", "--model", str(model_dir), "--file", str(csv)], fresh_env(f"peer-{n}"), work)
         figures["text"][n] = {"sft": sft_cold, "sft_second_launch": sft_warm, "hf": peer,
                               "time_ratio": round(sft_cold["seconds"] / peer["seconds"], 3),
+                              "time_ratio_past_imports": past_imports(sft_cold, peer, figures["imports"]),
                               "memory_ratio": round(sft_cold["peak_rss_gb"] / peer["peak_rss_gb"], 3),
                               "second_launch_share": round(sft_warm["seconds"] / sft_cold["seconds"], 3)}
         print(f"text {n:>9,} rows: sft {sft_cold['seconds']:7.1f} s {sft_cold['peak_rss_gb']:5.2f} GB | second launch "
               f"{sft_warm['seconds']:6.1f} s | HF {peer['seconds']:7.1f} s {peer['peak_rss_gb']:5.2f} GB | "
-              f"time sft/HF {figures['text'][n]['time_ratio']}", flush=True)
+              f"time sft/HF {figures['text'][n]['time_ratio']} ({figures['text'][n]['time_ratio_past_imports']} "
+              f"past the imports)", flush=True)
         csv.unlink()
     if chats:
         chat_file = write_chat_jsonl(work / "chat.jsonl", chats, chat_words)
@@ -170,9 +190,11 @@ def run(rows: list[int], chats: int, stream_rows: int, work: Path) -> dict:
         ours = measure([*me, "--side", "sft_chat", *chat_args], fresh_env("chat"), work)
         peer = measure([*me, "--side", "hf_chat", *chat_args], fresh_env("chat-peer"), work)
         figures["chat"][chats] = {"sft": ours, "hf": peer, "time_ratio": round(ours["seconds"] / peer["seconds"], 3),
+                                  "time_ratio_past_imports": past_imports(ours, peer, figures["imports"]),
                                   "memory_ratio": round(ours["peak_rss_gb"] / peer["peak_rss_gb"], 3)}
         print(f"chat {chats:>9,} conversations: sft {ours['seconds']:7.1f} s {ours['peak_rss_gb']:5.2f} GB | HF "
-              f"{peer['seconds']:7.1f} s {peer['peak_rss_gb']:5.2f} GB | time sft/HF {figures['chat'][chats]['time_ratio']}",
+              f"{peer['seconds']:7.1f} s {peer['peak_rss_gb']:5.2f} GB | time sft/HF {figures['chat'][chats]['time_ratio']} "
+              f"({figures['chat'][chats]['time_ratio_past_imports']} past the imports)",
               flush=True)
     if stream_rows:
         stream_file = write_chat_jsonl(work / "stream.jsonl.gz", stream_rows, chat_words, opener=gzip.open)

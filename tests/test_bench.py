@@ -132,4 +132,8 @@ def test_data_scale_harness_reports_both_sides(tmp_path):
     for side in ("sft", "hf"):
         assert chat[side]["seconds"] > 0 and chat[side]["peak_rss_gb"] > 0
     assert chat["time_ratio"] == pytest.approx(chat["sft"]["seconds"] / chat["hf"]["seconds"], rel=0.01)
+    imports = figures["imports"]
+    assert 0 < imports["sft"]["seconds"] < chat["sft"]["seconds"] and 0 < imports["hf"]["seconds"] < chat["hf"]["seconds"]
+    assert chat["time_ratio_past_imports"] == pytest.approx(
+        (chat["sft"]["seconds"] - imports["sft"]["seconds"]) / (chat["hf"]["seconds"] - imports["hf"]["seconds"]), rel=0.01)
     assert figures["stream"]["120"]["sft"]["seconds"] > 0
