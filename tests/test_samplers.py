@@ -54,3 +54,20 @@ def test_resume_skips_exactly_the_batches_already_trained():
     sampler.resume_at(epoch=2, batches_done=3)
     assert list(sampler) == full[30:]
     assert list(sampler) == full  # the skip applies to the interrupted epoch only
+
+
+def test_arrow_lengths_and_supervised_counts_follow_a_selection_and_a_pack_plan():
+    """The sampler's per-example numbers come from Arrow columns; on a shuffled selection and on
+    packed rows they must be those of the rows it reads."""
+    from datasets import Dataset
+
+    from sft.data.examples import SUPERVISED, ArrowExamples, PackedExamples
+
+    ids = [[1] * n for n in (3, 5, 2, 7, 4)]
+    table = Dataset.from_dict({"input_ids": ids, SUPERVISED: [n - 1 for n in map(len, ids)]})
+    selection = ArrowExamples(table.select([3, 0, 4]))
+    assert selection.lengths().tolist() == [7, 3, 4]
+    assert selection.supervised(count=None).tolist() == [6, 2, 3]
+    packed = PackedExamples(ArrowExamples(table), [[0, 1], [3], [2, 4]])
+    assert packed.lengths().tolist() == [8, 7, 6]
+    assert packed.supervised(count=None).tolist() == [6, 6, 4]

@@ -90,17 +90,21 @@ class ArrowExamples(Examples):
         for batch in self._rows.iter(batch_size=2000):
             yield from self._dicts(batch)
 
+    def _per_row(self, values) -> np.ndarray:
+        """One number per row of the underlying table, taken for this dataset's rows (in Arrow and
+        numpy: reading the column through the dataset makes a Python object per row)."""
+        values = values.to_numpy(zero_copy_only=False).astype(np.int64)
+        indices = self.dataset._indices  # a selection of the underlying table (none after map)
+        return values if indices is None else values[indices.column(0).to_numpy()]
+
     def lengths(self) -> np.ndarray:
         import pyarrow.compute as pc
 
-        column = self.dataset.data.column("input_ids")
-        lengths = pc.list_value_length(column).to_numpy(zero_copy_only=False).astype(np.int64)
-        indices = self.dataset._indices  # a selection of the underlying table (none after map)
-        return lengths if indices is None else lengths[indices.column(0).to_numpy()]
+        return self._per_row(pc.list_value_length(self.dataset.data.column("input_ids")))
 
     def supervised(self, count) -> np.ndarray:
         if SUPERVISED in self.dataset.column_names:
-            return np.asarray(self.dataset[SUPERVISED], dtype=np.int64)
+            return self._per_row(self.dataset.data.column(SUPERVISED))
         return super().supervised(count)
 
 
