@@ -148,3 +148,26 @@ def test_unknown_schedule_kind():
     with pytest.raises(ValueError, match="'exponential'") as info:
         warmup_schedule(optimizer, total_steps=100, kind="exponential")
     assert "linear" in str(info.value) and "cosine" in str(info.value)
+
+
+@pytest.mark.parametrize("kind,theirs", [("linear", "linear"), ("cosine", "cosine"),
+                                         ("constant", "constant_with_warmup")])
+@pytest.mark.parametrize("warmup", [0, 7, 40, 50])
+def test_schedules_equal_transformers_get_scheduler(kind, theirs, warmup):
+    """sft writes the schedules itself (to keep a heavy import out of every launch); they must stay
+    the ones transformers' get_scheduler gives, step for step, warmup as long as the run included."""
+    from transformers import get_scheduler
+
+    def lrs(make) -> list[float]:
+        optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+        scheduler = make(optimizer)
+        out = []
+        for _ in range(60):
+            out.append(optimizer.param_groups[0]["lr"])
+            optimizer.step()
+            scheduler.step()
+        return out
+
+    ours = lrs(lambda o: warmup_schedule(o, total_steps=50, kind=kind, warmup_steps=warmup))
+    reference = lrs(lambda o: get_scheduler(theirs, o, num_warmup_steps=warmup, num_training_steps=50))
+    assert ours == pytest.approx(reference, rel=1e-12, abs=1e-15)

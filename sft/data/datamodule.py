@@ -80,7 +80,7 @@ def seeded_split(n: int, fraction: float, seed: int, of: Optional[int] = None) -
     if carved >= n:
         raise DataError(f"cannot carve {fraction:.0%} of {of} records off for evaluation and keep any for training "
                         f"({n} left before this split)")
-    return sorted(order[carved:].tolist()), sorted(order[:carved].tolist())
+    return np.sort(order[carved:]).tolist(), np.sort(order[:carved]).tolist()
 
 
 def write_text_atomically(path: Path, text: str) -> None:
