@@ -15,7 +15,8 @@ processor (labels masked by turn, the audit, packing) to the first packed batch,
 `load_dataset("json")` + batched `map(apply_chat_template)` to the first padded batch (TRL is
 not installed here). Streaming: sft with data.streaming=true on a gzip JSONL of 5M records.
 Each side's imports are timed alone too (`import sft.cli` against torch, datasets and
-transformers), and the ratios are also given with them taken off.
+transformers), and the ratios are also given with them taken off. `--repeat N` runs each side
+N times, the sides alternating, and reports the median time.
 """
 
 from __future__ import annotations
@@ -77,6 +78,16 @@ def measure(command: list[str], env: dict, cwd: Path) -> dict:
         sys.stderr.write(output.decode(errors="replace")[-4000:])
         raise SystemExit(f"side failed (exit {process.returncode}): {' '.join(command)}")
     return {"seconds": round(seconds, 2), "peak_rss_gb": round(usage.ru_maxrss / 2**20, 3)}
+
+
+def summarize(runs: list[dict]) -> dict:
+    """Repeated measurements of one side: the median wall time (this machine's speed drifts by a
+    third from minute to minute), the highest peak memory, and every run's seconds."""
+    seconds = sorted(r["seconds"] for r in runs)
+    middle = len(seconds) // 2
+    median = seconds[middle] if len(seconds) % 2 else (seconds[middle - 1] + seconds[middle]) / 2
+    return {"seconds": round(median, 2), "peak_rss_gb": max(r["peak_rss_gb"] for r in runs),
+            "runs": [r["seconds"] for r in runs]}
 
 
 # -- the sides, each run as `python bench/data_scale.py --side NAME ...` in its own process --------------
@@ -144,7 +155,7 @@ def past_imports(ours: dict, peer: dict, imports: dict) -> float:
     return round((ours["seconds"] - imports["sft"]["seconds"]) / (peer["seconds"] - imports["hf"]["seconds"]), 3)
 
 
-def run(rows: list[int], chats: int, stream_rows: int, work: Path) -> dict:
+def run(rows: list[int], chats: int, stream_rows: int, work: Path, repeat: int = 1) -> dict:
     import compare
 
     model_dir = work / "encoder"
@@ -162,17 +173,25 @@ def run(rows: list[int], chats: int, stream_rows: int, work: Path) -> dict:
 
     me = [sys.executable, str(Path(__file__).resolve())]
     # The fixed cost under every launch: importing each side's stack, in its own process.
-    ours = measure([sys.executable, "-c", "import sft.cli"], base_env, work)
-    peer = measure([sys.executable, "-c", PEER_IMPORTS], base_env, work)
+    # Sides alternate within each repeat, so a slow minute of the machine falls on both.
+    runs: dict[str, list] = {"sft": [], "hf": []}
+    for _ in range(repeat):
+        runs["sft"].append(measure([sys.executable, "-c", "import sft.cli"], base_env, work))
+        runs["hf"].append(measure([sys.executable, "-c", PEER_IMPORTS], base_env, work))
+    ours, peer = summarize(runs["sft"]), summarize(runs["hf"])
     figures["imports"] = {"sft": ours, "hf": peer, "extra_seconds": round(ours["seconds"] - peer["seconds"], 2)}
     print(f"imports alone: sft (train.py's, Lightning with them) {ours['seconds']:.1f} s | HF (torch, datasets, "
           f"transformers) {peer['seconds']:.1f} s | sft's extra {figures['imports']['extra_seconds']:.1f} s", flush=True)
     for n in rows:
         csv = write_text_csv(work / f"text-{n}.csv", n)
-        env = fresh_env(f"text-{n}")
-        sft_cold = measure(sft_train_command(csv, model_dir, work / f"run-{n}-a"), env, work)
-        sft_warm = measure(sft_train_command(csv, model_dir, work / f"run-{n}-b"), env, work)
-        peer = measure([*me, "--side", "hf_text", "--model", str(model_dir), "--file", str(csv)], fresh_env(f"peer-{n}"), work)
+        runs = {"cold": [], "warm": [], "hf": []}
+        for r in range(repeat):  # each repeat starts from empty caches
+            env = fresh_env(f"text-{n}-{r}")
+            runs["cold"].append(measure(sft_train_command(csv, model_dir, work / f"run-{n}-{r}-a"), env, work))
+            runs["warm"].append(measure(sft_train_command(csv, model_dir, work / f"run-{n}-{r}-b"), env, work))
+            runs["hf"].append(measure([*me, "--side", "hf_text", "--model", str(model_dir), "--file", str(csv)],
+                                      fresh_env(f"peer-{n}-{r}"), work))
+        sft_cold, sft_warm, peer = summarize(runs["cold"]), summarize(runs["warm"]), summarize(runs["hf"])
         figures["text"][n] = {"sft": sft_cold, "sft_second_launch": sft_warm, "hf": peer,
                               "time_ratio": round(sft_cold["seconds"] / peer["seconds"], 3),
                               "time_ratio_past_imports": past_imports(sft_cold, peer, figures["imports"]),
@@ -187,8 +206,11 @@ def run(rows: list[int], chats: int, stream_rows: int, work: Path) -> dict:
         chat_file = write_chat_jsonl(work / "chat.jsonl", chats, chat_words)
         val_file = write_chat_jsonl(work / "chat_val.jsonl", 200, chat_words, seed=1)
         chat_args = ["--model", str(chat_dir), "--file", str(chat_file), "--val-file", str(val_file)]
-        ours = measure([*me, "--side", "sft_chat", *chat_args], fresh_env("chat"), work)
-        peer = measure([*me, "--side", "hf_chat", *chat_args], fresh_env("chat-peer"), work)
+        runs = {"sft": [], "hf": []}
+        for r in range(repeat):
+            runs["sft"].append(measure([*me, "--side", "sft_chat", *chat_args], fresh_env(f"chat-{r}"), work))
+            runs["hf"].append(measure([*me, "--side", "hf_chat", *chat_args], fresh_env(f"chat-peer-{r}"), work))
+        ours, peer = summarize(runs["sft"]), summarize(runs["hf"])
         figures["chat"][chats] = {"sft": ours, "hf": peer, "time_ratio": round(ours["seconds"] / peer["seconds"], 3),
                                   "time_ratio_past_imports": past_imports(ours, peer, figures["imports"]),
                                   "memory_ratio": round(ours["peak_rss_gb"] / peer["peak_rss_gb"], 3)}
@@ -217,6 +239,8 @@ def main(argv=None) -> None:
     parser.add_argument("--rows", type=int, nargs="*", default=[10_000, 1_000_000], help="text classification CSV sizes")
     parser.add_argument("--chats", type=int, default=200_000, help="conversations of the chat comparison (0: skip)")
     parser.add_argument("--stream-rows", type=int, default=5_000_000, help="records of the streamed gzip JSONL (0: skip)")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="runs of each side (stream aside), alternating; the median time is reported")
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     parser.add_argument("--side", choices=sorted(SIDES), help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
@@ -228,7 +252,8 @@ def main(argv=None) -> None:
         SIDES[args.side](args)
         return
     with tempfile.TemporaryDirectory() as tmp:
-        figures = run(args.rows, args.chats, args.stream_rows, Path(tmp))
+        figures = run(args.rows, args.chats, args.stream_rows, Path(tmp), max(1, args.repeat))
+    figures["repeat"] = max(1, args.repeat)
     figures["hardware"] = f"CPU, {os.cpu_count()} cores"
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2))
