@@ -6,7 +6,9 @@ first packed batch (chat), sft against the plain Hugging Face datasets path, on 
 
 Every side runs as its own process, started cold (empty sft and datasets caches), and is
 measured from its start to its exit: wall time and peak resident memory (the kernel's
-ru_maxrss of that process and its children). sft's text side is the user's command itself,
+ru_maxrss of that process and its children). The text sides are also timed from the start to
+their first optimizer step, the issue's measure: sft records that moment in the run's
+run_record.json (before it writes any checkpoint), the peer prints it. sft's text side is the user's command itself,
 `python train.py data=text_classification data.train_file=big.csv trainer.max_steps=1 ...`;
 the peer is `load_dataset("csv")` + batched `map` with the same tokenizer, a DataLoader with
 dynamic padding and one AdamW step of the same model. A second sft launch on the unchanged
@@ -22,14 +24,17 @@ N times, the sides alternating, and reports the median time.
 from __future__ import annotations
 
 import argparse
+import datetime
 import gzip
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -66,9 +71,11 @@ def write_chat_jsonl(path: Path, rows: int, words: int, seed: int = 0, opener=op
     return path
 
 
-def measure(command: list[str], env: dict, cwd: Path) -> dict:
-    """Wall seconds and peak resident GiB of one process (and its children) from start to exit."""
-    start = time.perf_counter()
+def measure(command: list[str], env: dict, cwd: Path, first_step: Optional[Callable[[str], float]] = None) -> dict:
+    """Wall seconds and peak resident GiB of one process (and its children) from start to exit; with
+    `first_step` (the Unix time of the side's first optimizer step, read from its output or files),
+    also the seconds from start to that step."""
+    started, start = time.time(), time.perf_counter()
     process = subprocess.Popen(command, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     output = process.stdout.read() if process.stdout else b""
     _, status, usage = os.wait4(process.pid, 0)
@@ -77,17 +84,42 @@ def measure(command: list[str], env: dict, cwd: Path) -> dict:
     if process.returncode != 0:
         sys.stderr.write(output.decode(errors="replace")[-4000:])
         raise SystemExit(f"side failed (exit {process.returncode}): {' '.join(command)}")
-    return {"seconds": round(seconds, 2), "peak_rss_gb": round(usage.ru_maxrss / 2**20, 3)}
+    figures = {"seconds": round(seconds, 2), "peak_rss_gb": round(usage.ru_maxrss / 2**20, 3)}
+    if first_step is not None:
+        figures["first_step_seconds"] = round(first_step(output.decode(errors="replace")) - started, 2)
+    return figures
+
+
+def peer_first_step(output: str) -> float:
+    """The Unix time the peer's side printed after its optimizer step."""
+    found = re.search(r"^first optimizer step at ([0-9.]+)$", output, re.MULTILINE)
+    if not found:
+        raise SystemExit(f"the peer's side printed no first-step time:\n{output[-2000:]}")
+    return float(found.group(1))
+
+
+def sft_first_step(run_dir: Path) -> Callable[[str], float]:
+    """The Unix time sft recorded for the launch's first optimizer step (run_record.json, before any
+    checkpoint is written)."""
+    def read(output: str) -> float:
+        launch = json.loads((run_dir / "run_record.json").read_text())["launches"][-1]
+        return datetime.datetime.fromisoformat(launch["first_optimizer_step"]["time"]).timestamp()
+    return read
+
+
+def median(values: list[float]) -> float:
+    ordered, middle = sorted(values), len(values) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
 
 
 def summarize(runs: list[dict]) -> dict:
     """Repeated measurements of one side: the median wall time (this machine's speed drifts by a
     third from minute to minute), the highest peak memory, and every run's seconds."""
-    seconds = sorted(r["seconds"] for r in runs)
-    middle = len(seconds) // 2
-    median = seconds[middle] if len(seconds) % 2 else (seconds[middle - 1] + seconds[middle]) / 2
-    return {"seconds": round(median, 2), "peak_rss_gb": max(r["peak_rss_gb"] for r in runs),
-            "runs": [r["seconds"] for r in runs]}
+    summary = {"seconds": round(median([r["seconds"] for r in runs]), 2),
+               "peak_rss_gb": max(r["peak_rss_gb"] for r in runs), "runs": [r["seconds"] for r in runs]}
+    if all("first_step_seconds" in r for r in runs):
+        summary["first_step_seconds"] = round(median([r["first_step_seconds"] for r in runs]), 2)
+    return summary
 
 
 # -- the sides, each run as `python bench/data_scale.py --side NAME ...` in its own process --------------
@@ -106,6 +138,7 @@ def side_hf_text(args) -> None:
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-5)
     model(**next(iter(loader))).loss.backward()
     optimizer.step()
+    print(f"first optimizer step at {time.time():.3f}", flush=True)
 
 
 def side_sft_chat(args) -> None:
@@ -187,20 +220,28 @@ def run(rows: list[int], chats: int, stream_rows: int, work: Path, repeat: int =
         runs = {"cold": [], "warm": [], "hf": []}
         for r in range(repeat):  # each repeat starts from empty caches
             env = fresh_env(f"text-{n}-{r}")
-            runs["cold"].append(measure(sft_train_command(csv, model_dir, work / f"run-{n}-{r}-a"), env, work))
-            runs["warm"].append(measure(sft_train_command(csv, model_dir, work / f"run-{n}-{r}-b"), env, work))
+            for launch in ("cold", "warm"):
+                run_dir = work / f"run-{n}-{r}-{launch}"
+                runs[launch].append(measure(sft_train_command(csv, model_dir, run_dir), env, work, sft_first_step(run_dir)))
             runs["hf"].append(measure([*me, "--side", "hf_text", "--model", str(model_dir), "--file", str(csv)],
-                                      fresh_env(f"peer-{n}-{r}"), work))
+                                      fresh_env(f"peer-{n}-{r}"), work, peer_first_step))
         sft_cold, sft_warm, peer = summarize(runs["cold"]), summarize(runs["warm"]), summarize(runs["hf"])
-        figures["text"][n] = {"sft": sft_cold, "sft_second_launch": sft_warm, "hf": peer,
-                              "time_ratio": round(sft_cold["seconds"] / peer["seconds"], 3),
-                              "time_ratio_past_imports": past_imports(sft_cold, peer, figures["imports"]),
-                              "memory_ratio": round(sft_cold["peak_rss_gb"] / peer["peak_rss_gb"], 3),
-                              "second_launch_share": round(sft_warm["seconds"] / sft_cold["seconds"], 3)}
-        print(f"text {n:>9,} rows: sft {sft_cold['seconds']:7.1f} s {sft_cold['peak_rss_gb']:5.2f} GB | second launch "
-              f"{sft_warm['seconds']:6.1f} s | HF {peer['seconds']:7.1f} s {peer['peak_rss_gb']:5.2f} GB | "
-              f"time sft/HF {figures['text'][n]['time_ratio']} ({figures['text'][n]['time_ratio_past_imports']} "
-              f"past the imports)", flush=True)
+        text = figures["text"][n] = {
+            "sft": sft_cold, "sft_second_launch": sft_warm, "hf": peer,
+            # the issue's measure: from the command to the first optimizer step
+            "first_step_ratio": round(sft_cold["first_step_seconds"] / peer["first_step_seconds"], 3),
+            "second_launch_first_step_share": round(sft_warm["first_step_seconds"] / sft_cold["first_step_seconds"], 3),
+            # to the process's exit (sft's includes writing the final checkpoint and reports)
+            "time_ratio": round(sft_cold["seconds"] / peer["seconds"], 3),
+            "time_ratio_past_imports": past_imports(sft_cold, peer, figures["imports"]),
+            "memory_ratio": round(sft_cold["peak_rss_gb"] / peer["peak_rss_gb"], 3),
+            "second_launch_share": round(sft_warm["seconds"] / sft_cold["seconds"], 3)}
+        print(f"text {n:>9,} rows, to the first step: sft {sft_cold['first_step_seconds']:.1f} s | second launch "
+              f"{sft_warm['first_step_seconds']:.1f} s ({text['second_launch_first_step_share']:.0%}) | HF "
+              f"{peer['first_step_seconds']:.1f} s | sft/HF {text['first_step_ratio']}", flush=True)
+        print(f"text {n:>9,} rows, to exit: sft {sft_cold['seconds']:7.1f} s {sft_cold['peak_rss_gb']:5.2f} GB | second "
+              f"launch {sft_warm['seconds']:6.1f} s | HF {peer['seconds']:7.1f} s {peer['peak_rss_gb']:5.2f} GB | "
+              f"time sft/HF {text['time_ratio']} ({text['time_ratio_past_imports']} past the imports)", flush=True)
         csv.unlink()
     if chats:
         chat_file = write_chat_jsonl(work / "chat.jsonl", chats, chat_words)

@@ -158,7 +158,7 @@ def train(cfg: DictConfig, extra_callbacks: Optional[list] = None) -> dict[str, 
     )
     config = resolved(cfg)
     record = runs.run_record(config, resumed_from=cfg.get("ckpt_path") if cfg.get("resume") else None)
-    callbacks = instantiate_group(cfg.get("callbacks")) + [RNGState(), RunRecord(record)] + list(extra_callbacks or [])
+    callbacks = instantiate_group(cfg.get("callbacks")) + [RNGState(), RunRecord(record, run_dir)] + list(extra_callbacks or [])
     runs.install_ddp_launch_fix()
     trainer: L.Trainer = hydra.utils.instantiate(
         cfg.trainer, callbacks=callbacks, logger=instantiate_group(cfg.get("logger")) or False,

@@ -12,6 +12,7 @@ import platform
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any, Optional
 
@@ -71,6 +72,28 @@ def append_run_record(run_dir: Path, record: dict[str, Any]) -> None:
     path = run_dir / "run_record.json"
     launches = json.loads(path.read_text())["launches"] if path.is_file() else []
     launches.append({k: v for k, v in record.items() if k != "config"})
+    path.write_text(json.dumps({"launches": launches}, indent=2) + "\n")
+
+
+def process_seconds() -> float:
+    """Seconds since this process started, from the kernel's start time where /proc has it (Linux);
+    elsewhere since sft was first imported."""
+    try:
+        start_ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        return time.clock_gettime(time.CLOCK_BOOTTIME) - start_ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, AttributeError):
+        import sft
+
+        return time.time() - sft.IMPORTED_AT
+
+
+def update_last_launch(run_dir: Path, entries: dict[str, Any]) -> None:
+    """Adds `entries` to this launch's record in run_record.json (the last one)."""
+    path = run_dir / "run_record.json"
+    if not path.is_file():
+        return
+    launches = json.loads(path.read_text())["launches"]
+    launches[-1].update(entries)
     path.write_text(json.dumps({"launches": launches}, indent=2) + "\n")
 
 

@@ -124,7 +124,7 @@ def test_image_pipeline_figures(gpu_script_run):
 def test_data_scale_harness_reports_both_sides(tmp_path):
     """The data_scale harness on tiny sizes: each side runs in its own process and is measured."""
     out = tmp_path / "data_scale.json"
-    result = subprocess.run([sys.executable, str(ROOT / "bench" / "compare.py"), "data_scale", "--rows", "--chats", "60",
+    result = subprocess.run([sys.executable, str(ROOT / "bench" / "compare.py"), "data_scale", "--rows", "300", "--chats", "60",
                              "--stream-rows", "120", "--json", str(out)], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     figures = json.loads(out.read_text())
@@ -138,6 +138,14 @@ def test_data_scale_harness_reports_both_sides(tmp_path):
     assert chat["time_ratio_past_imports"] == pytest.approx(
         (chat["sft"]["seconds"] - imports["sft"]["seconds"]) / (chat["hf"]["seconds"] - imports["hf"]["seconds"]), rel=0.01)
     assert figures["stream"]["120"]["sft"]["seconds"] > 0
+    # Text: each launch's first optimizer step falls inside its run, and the ratios are of those times.
+    text = figures["text"]["300"]
+    for side in ("sft", "sft_second_launch", "hf"):
+        assert 0 < text[side]["first_step_seconds"] < text[side]["seconds"]
+    assert text["first_step_ratio"] == pytest.approx(text["sft"]["first_step_seconds"] / text["hf"]["first_step_seconds"],
+                                                     rel=0.01)
+    assert text["second_launch_first_step_share"] == pytest.approx(
+        text["sft_second_launch"]["first_step_seconds"] / text["sft"]["first_step_seconds"], rel=0.01)
     assert figures["repeat"] == 1 and len(chat["sft"]["runs"]) == 1 and len(chat["hf"]["runs"]) == 1
 
 
@@ -149,3 +157,18 @@ def test_data_scale_repeats_report_the_median_time_and_the_highest_memory(monkey
             {"seconds": 33.0, "peak_rss_gb": 1.1}]
     assert summarize(runs) == {"seconds": 33.0, "peak_rss_gb": 1.2, "runs": [30.0, 41.0, 33.0]}
     assert summarize(runs[:2])["seconds"] == 35.5
+    timed = [{**run, "first_step_seconds": run["seconds"] - 5} for run in runs]
+    assert summarize(timed)["first_step_seconds"] == 28.0
+
+
+def test_data_scale_reads_each_sides_first_step_time(monkeypatch, tmp_path):
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    from data_scale import peer_first_step, sft_first_step
+
+    assert peer_first_step("Some weights ... newly initialized\nfirst optimizer step at 1796477667.250\n") == 1796477667.25
+    with pytest.raises(SystemExit, match="no first-step time"):
+        peer_first_step("Traceback ...")
+    record = {"launches": [{"first_optimizer_step": {"time": "2026-12-05T13:34:27.000+00:00"}},
+                           {"first_optimizer_step": {"time": "2026-12-05T14:00:00.500+00:00"}}]}
+    (tmp_path / "run_record.json").write_text(json.dumps(record))
+    assert sft_first_step(tmp_path)("") == 1796479200.5  # the last launch's

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import signal
 import subprocess
@@ -15,6 +16,7 @@ from lightning.pytorch.callbacks import Callback
 
 from sft.callbacks.run_state import NonFiniteLossError
 from sft.cli import train
+from sft.runs import process_seconds
 from sft.tasks import ConfigError
 from tests.conftest import compose_config, tiny_overrides
 
@@ -85,6 +87,10 @@ def test_resume_is_exact(tiny_model_dir, sentiment_csv, tmp_path):
     assert json.loads((run_dir / "metrics.json").read_text()) == pytest.approx(resumed)
     launches = json.loads((run_dir / "run_record.json").read_text())["launches"]
     assert len(launches) == 2 and launches[1]["resumed_from"].endswith("last.ckpt")
+    # Each launch has its own first step: the resumed one's is its step 10, after its own start.
+    first, again = (datetime.datetime.fromisoformat(launch["first_optimizer_step"]["time"]) for launch in launches)
+    assert again > first >= datetime.datetime.fromisoformat(launches[0]["started"])
+    assert again >= datetime.datetime.fromisoformat(launches[1]["started"])
 
 
 def test_run_records_in_dir_and_checkpoint(make_train_cfg):
@@ -95,6 +101,11 @@ def test_run_records_in_dir_and_checkpoint(make_train_cfg):
     assert launch["packages"]["torch"] == torch.__version__.split("+")[0] or launch["packages"]["torch"].startswith("2.")
     assert "lightning" in launch["packages"] and "transformers" in launch["packages"]
     assert launch["command"] and launch["git"] is None or len(launch["git"]["commit"]) == 40
+    # When the first optimizer step ended, and how long after this process started (pytest's, here).
+    first_step = launch["first_optimizer_step"]
+    ended = datetime.datetime.fromisoformat(first_step["time"])
+    assert datetime.datetime.fromisoformat(launch["started"]) <= ended <= datetime.datetime.now(datetime.timezone.utc)
+    assert 0 < first_step["seconds_after_start"] <= process_seconds()
     for name in ("last.ckpt", "best.ckpt"):
         record = torch.load(run_dir / "checkpoints" / name, weights_only=True)["sft_run_record"]
         assert record["config"]["optimizer"]["lr"] == cfg.optimizer.lr

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import datetime
 import logging
 import os
 import random
+from pathlib import Path
 from typing import Any, Optional
 
 import lightning as L
@@ -12,6 +14,7 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
+from sft import runs
 from sft.errors import UserError
 from sft.tasks import ConfigError
 
@@ -45,13 +48,32 @@ class RNGState(Callback):
 
 class RunRecord(Callback):
     """Writes the run's record (resolved config, command line, git commit, package versions) into
-    every checkpoint under the key `sft_run_record`."""
+    every checkpoint under the key `sft_run_record`; with `run_dir`, also adds to this launch's entry
+    of run_record.json when its first optimizer step ended and how long after the process started
+    (the launch's fixed cost: imports, data, model, Lightning's setup)."""
 
-    def __init__(self, record: dict[str, Any]):
+    def __init__(self, record: dict[str, Any], run_dir: Optional[Path] = None):
         self.record = record
+        self.run_dir = run_dir
+        self._start_step: Optional[int] = None
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
         checkpoint["sft_run_record"] = self.record
+
+    def on_train_start(self, trainer: L.Trainer, pl_module) -> None:
+        self._start_step = trainer.global_step
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        # Runs before the checkpoint callbacks (Lightning calls those last), so no checkpoint write is counted.
+        if self._start_step is None or trainer.global_step <= self._start_step:
+            return
+        self._start_step = None
+        if self.run_dir is None or not trainer.is_global_zero:
+            return
+        seconds = runs.process_seconds()
+        now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
+        runs.update_last_launch(self.run_dir, {"first_optimizer_step": {"time": now, "seconds_after_start": round(seconds, 2)}})
+        log.info("First optimizer step %.1f s after the process started", seconds)
 
 
 class NonFiniteLossError(UserError, RuntimeError):
