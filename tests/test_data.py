@@ -383,6 +383,36 @@ def test_truncation_is_counted(tiny_model_dir, tmp_path):
     assert all(ids[-1] == sep for ids in encoded)  # truncated records still end properly
 
 
+def test_texts_and_pairs_tokenize_as_the_tokenizer_call_does(tiny_model_dir):
+    """The Rust tokenizer is used directly only where it gives the transformers call's ids."""
+    from transformers import AutoTokenizer
+
+    from sft.data.rust_tokenizer import direct_backend, untruncated_ids
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    texts, pairs = [words(3, 1), "", words(12, 2) + " zzz"], [words(2, 4), words(1), ""]
+    assert direct_backend(tokenizer) is not None
+    for second in (None, pairs):
+        expected = tokenizer(texts, second, truncation=False)
+        assert untruncated_ids(tokenizer, texts, second) == {name: expected[name] for name in ("input_ids", "token_type_ids")}
+    tokenizer(texts, truncation=True, max_length=4)  # leaves the Rust tokenizer truncating
+    assert direct_backend(tokenizer) is None
+    assert [len(ids) for ids in untruncated_ids(tokenizer, texts)["input_ids"]] == [5, 2, 15]
+    # A tokenizer that returns no token type ids gets none.
+    tokenizer.model_input_names = ["input_ids", "attention_mask"]
+    assert untruncated_ids(tokenizer, texts, pairs) == {"input_ids": tokenizer(texts, pairs)["input_ids"]}
+
+    class Marked(type(tokenizer)):  # a class whose call adds to the Rust tokenizer's ids (as LayoutLM's does)
+        def __call__(self, *args, **kwargs):
+            encoded = super().__call__(*args, **kwargs)
+            encoded["input_ids"] = [ids + [self.unk_token_id] for ids in encoded["input_ids"]]
+            return encoded
+
+    marked = Marked.from_pretrained(tiny_model_dir)
+    assert direct_backend(marked) is None
+    assert [ids[-1] for ids in untruncated_ids(marked, texts)["input_ids"]] == [marked.unk_token_id] * 3
+
+
 def test_sentence_pairs(tiny_model_dir, tmp_path):
     rows = [{"premise": words(3, i), "hypothesis": words(2, i + 5), "label": "ab"[i % 2]} for i in range(4)]
     rows.append({"premise": words(10), "hypothesis": words(10, 3), "label": "a"})

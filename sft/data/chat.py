@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Optional
 
 from sft.data.coverage import UnknownTokens, count_unknown
 from sft.data.processor import Processor
+from sft.data.rust_tokenizer import ids_and_offsets
 from sft.data.sources import Table
 from sft.errors import ConfigError, DataError
 
@@ -287,15 +288,9 @@ class ChatProcessor(Processor):
         return out
 
     def _encode_texts(self, texts: list[str]) -> list[tuple[list[int], list[tuple[int, int]]]]:
-        """(ids, offsets) of each text without special tokens added. The Rust tokenizer directly
-        where it is set as the transformers call would set it (no truncation, no padding, special
-        tokens in the text kept whole or split alike): the same ids at half the cost."""
-        backend = getattr(self.tokenizer, "backend_tokenizer", None)
-        if (backend is not None and backend.truncation is None and backend.padding is None
-                and backend.encode_special_tokens == bool(getattr(self.tokenizer, "split_special_tokens", False))):
-            return [(e.ids, e.offsets) for e in backend.encode_batch(texts, add_special_tokens=False)]
-        encoded = self.tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
-        return list(zip(encoded["input_ids"], encoded["offset_mapping"]))
+        """(ids, offsets) of each text without special tokens added (through the Rust tokenizer
+        where that gives the call's ids: the same ids at half the cost)."""
+        return ids_and_offsets(self.tokenizer, texts)
 
     def _adds_bos(self) -> bool:
         """Whether the tokenizer puts BOS in front of plain text (then a template without it gets one)."""

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from sft.data.collators import PaddingCollator
 from sft.data.coverage import UnknownTokens, count_unknown
 from sft.data.processor import Processor
+from sft.data.rust_tokenizer import untruncated_ids
 from sft.data.sources import DataError, Table
 
 log = logging.getLogger(__name__)
@@ -112,7 +113,7 @@ class TextClassificationProcessor(Processor):
         texts = self._texts(table, self.text_column)
         pairs = self._texts(table, self.text_pair_column) if self.text_pair_column else None
         # Tokenize untruncated first (cheap with a fast tokenizer) so truncation can be counted.
-        full = self.tokenizer(texts, pairs, truncation=False, verbose=False)
+        full = untruncated_ids(self.tokenizer, texts, pairs)
         too_long = [i for i, ids in enumerate(full["input_ids"]) if len(ids) > self.max_length]
         if too_long:
             cut = self.tokenizer([texts[i] for i in too_long], [pairs[i] for i in too_long] if pairs else None,
