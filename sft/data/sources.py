@@ -95,19 +95,17 @@ def _read_delimited(path: Path, opener, delimiter: str, encoding: str) -> Iterat
         if header is None:
             return
         start = reader.line_num + 1  # a record starts on the line after the previous one ended
+        name, width = str(path), len(header)
         for values in reader:
             if not values:  # a blank line: no record, but it counts for the next record's line number
                 start = reader.line_num + 1
                 continue
-            if len(values) > len(header):
-                raise DataError(
-                    f"{path}:{start}: {len(values)} fields, the header has "
-                    f"{len(header)}; quote fields that contain the delimiter"
-                )
-            row = dict(zip(header, values))
-            for column in header[len(values):]:
-                row.setdefault(column, None)  # a short row leaves its last fields missing
-            yield f"{path}:{start}", row
+            if len(values) != width:
+                if len(values) > width:
+                    raise DataError(f"{path}:{start}: {len(values)} fields, the header has {width}; quote fields "
+                                    f"that contain the delimiter")
+                values = values + [None] * (width - len(values))  # a short row leaves its last fields missing
+            yield f"{name}:{start}", dict(zip(header, values))
             start = reader.line_num + 1
 
 
@@ -444,9 +442,10 @@ def read_records_file(path: Path, key: str, encoding: str = "utf-8") -> ArrowTab
             with pa.OSFile(tmp, "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
                 where: list[str] = []
                 records: list[str] = []
+                to_json = json.JSONEncoder(ensure_ascii=False, default=str).encode  # json.dumps would build one per record
                 for location, record in iter_records(path, encoding):
                     where.append(location)
-                    records.append(json.dumps(record, ensure_ascii=False, default=str))
+                    records.append(to_json(record))
                     if len(columns) < 10_000:
                         columns.update(dict.fromkeys(record))
                     if len(where) == 20_000:
