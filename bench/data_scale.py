@@ -16,8 +16,8 @@ file shows what the caches save. Chat: 200,000 conversations of JSONL through sf
 processor (labels masked by turn, the audit, packing) to the first packed batch, against
 `load_dataset("json")` + batched `map(apply_chat_template)` to the first padded batch (TRL is
 not installed here). Streaming: sft with data.streaming=true on a gzip JSONL of 5M records.
-Each side's imports are timed alone too (`import sft.cli` against torch, datasets and
-transformers), and the ratios are also given with them taken off. `--repeat N` runs each side
+Each side's imports are timed alone too (every library module the side has imported by its end,
+the model's module included), and the ratios are also given with them taken off. `--repeat N` runs each side
 N times, the sides alternating, and reports the median time.
 """
 
@@ -178,13 +178,22 @@ def sft_train_command(csv: Path, model_dir: Path, run_dir: Path, extra: list[str
             "test=false", f"hydra.run.dir={run_dir}", *extra]
 
 
-# What the peer's sides import before their work (the text side's model class included).
-PEER_IMPORTS = ("import torch, datasets, transformers; from torch.utils.data import DataLoader; "
-                "from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding")
+# Every library module each side has imported by the end of its work, some of them on the way
+# (datasets when sft reads; the model's module, and through it torchvision and torch._dynamo,
+# when a side loads its model).
+MODEL_MODULE = "import transformers.models.bert.modeling_bert"
+IMPORTS = {
+    "text": {"sft": f"import sft.cli, datasets; {MODEL_MODULE}",
+             "hf": "import torch, datasets, transformers; from torch.utils.data import DataLoader; from transformers "
+                   f"import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding; {MODEL_MODULE}"},
+    "chat": {"sft": "import datasets; from sft.data.datamodule import SFTDataModule",
+             "hf": "from datasets import load_dataset; from torch.utils.data import DataLoader; "
+                   "from transformers import AutoTokenizer, DataCollatorWithPadding"},
+}
 
 
 def past_imports(ours: dict, peer: dict, imports: dict) -> float:
-    """sft/HF time once each side's import of its stack is taken off."""
+    """sft/HF time once each side's imports (of what it has imported by its end) are taken off."""
     return round((ours["seconds"] - imports["sft"]["seconds"]) / (peer["seconds"] - imports["hf"]["seconds"]), 3)
 
 
@@ -207,14 +216,15 @@ def run(rows: list[int], chats: int, stream_rows: int, work: Path, repeat: int =
     me = [sys.executable, str(Path(__file__).resolve())]
     # The fixed cost under every launch: importing each side's stack, in its own process.
     # Sides alternate within each repeat, so a slow minute of the machine falls on both.
-    runs: dict[str, list] = {"sft": [], "hf": []}
-    for _ in range(repeat):
-        runs["sft"].append(measure([sys.executable, "-c", "import sft.cli"], base_env, work))
-        runs["hf"].append(measure([sys.executable, "-c", PEER_IMPORTS], base_env, work))
-    ours, peer = summarize(runs["sft"]), summarize(runs["hf"])
-    figures["imports"] = {"sft": ours, "hf": peer, "extra_seconds": round(ours["seconds"] - peer["seconds"], 2)}
-    print(f"imports alone: sft (train.py's, Lightning with them) {ours['seconds']:.1f} s | HF (torch, datasets, "
-          f"transformers) {peer['seconds']:.1f} s | sft's extra {figures['imports']['extra_seconds']:.1f} s", flush=True)
+    for workload in [w for w, wanted in (("text", rows), ("chat", chats)) if wanted]:
+        runs: dict[str, list] = {"sft": [], "hf": []}
+        for _ in range(repeat):
+            for side in ("sft", "hf"):
+                runs[side].append(measure([sys.executable, "-c", IMPORTS[workload][side]], base_env, work))
+        ours, peer = summarize(runs["sft"]), summarize(runs["hf"])
+        figures["imports"][workload] = {"sft": ours, "hf": peer, "extra_seconds": round(ours["seconds"] - peer["seconds"], 2)}
+        print(f"{workload} imports alone (all each side has imported by its end): sft {ours['seconds']:.1f} s | HF "
+              f"{peer['seconds']:.1f} s | sft's extra {figures['imports'][workload]['extra_seconds']:.1f} s", flush=True)
     for n in rows:
         csv = write_text_csv(work / f"text-{n}.csv", n)
         runs = {"cold": [], "warm": [], "hf": []}
@@ -233,7 +243,7 @@ def run(rows: list[int], chats: int, stream_rows: int, work: Path, repeat: int =
             "second_launch_first_step_share": round(sft_warm["first_step_seconds"] / sft_cold["first_step_seconds"], 3),
             # to the process's exit (sft's includes writing the final checkpoint and reports)
             "time_ratio": round(sft_cold["seconds"] / peer["seconds"], 3),
-            "time_ratio_past_imports": past_imports(sft_cold, peer, figures["imports"]),
+            "time_ratio_past_imports": past_imports(sft_cold, peer, figures["imports"]["text"]),
             "memory_ratio": round(sft_cold["peak_rss_gb"] / peer["peak_rss_gb"], 3),
             "second_launch_share": round(sft_warm["seconds"] / sft_cold["seconds"], 3)}
         print(f"text {n:>9,} rows, to the first step: sft {sft_cold['first_step_seconds']:.1f} s | second launch "
@@ -253,7 +263,7 @@ def run(rows: list[int], chats: int, stream_rows: int, work: Path, repeat: int =
             runs["hf"].append(measure([*me, "--side", "hf_chat", *chat_args], fresh_env(f"chat-peer-{r}"), work))
         ours, peer = summarize(runs["sft"]), summarize(runs["hf"])
         figures["chat"][chats] = {"sft": ours, "hf": peer, "time_ratio": round(ours["seconds"] / peer["seconds"], 3),
-                                  "time_ratio_past_imports": past_imports(ours, peer, figures["imports"]),
+                                  "time_ratio_past_imports": past_imports(ours, peer, figures["imports"]["chat"]),
                                   "memory_ratio": round(ours["peak_rss_gb"] / peer["peak_rss_gb"], 3)}
         print(f"chat {chats:>9,} conversations: sft {ours['seconds']:7.1f} s {ours['peak_rss_gb']:5.2f} GB | HF "
               f"{peer['seconds']:7.1f} s {peer['peak_rss_gb']:5.2f} GB | time sft/HF {figures['chat'][chats]['time_ratio']} "

@@ -132,7 +132,7 @@ def test_data_scale_harness_reports_both_sides(tmp_path):
     for side in ("sft", "hf"):
         assert chat[side]["seconds"] > 0 and chat[side]["peak_rss_gb"] > 0
     assert chat["time_ratio"] == pytest.approx(chat["sft"]["seconds"] / chat["hf"]["seconds"], rel=0.01)
-    imports = figures["imports"]
+    imports = figures["imports"]["chat"]
     # On 60 conversations a side is mostly its imports, so the two are not ordered (the machine's speed drifts).
     assert imports["sft"]["seconds"] > 0 and imports["hf"]["seconds"] > 0
     assert chat["time_ratio_past_imports"] == pytest.approx(
@@ -144,6 +144,9 @@ def test_data_scale_harness_reports_both_sides(tmp_path):
         assert 0 < text[side]["first_step_seconds"] < text[side]["seconds"]
     assert text["first_step_ratio"] == pytest.approx(text["sft"]["first_step_seconds"] / text["hf"]["first_step_seconds"],
                                                      rel=0.01)
+    assert text["time_ratio_past_imports"] == pytest.approx((text["sft"]["seconds"] - figures["imports"]["text"]["sft"]["seconds"])
+                                                            / (text["hf"]["seconds"] - figures["imports"]["text"]["hf"]["seconds"]),
+                                                            rel=0.01)
     assert text["second_launch_first_step_share"] == pytest.approx(
         text["sft_second_launch"]["first_step_seconds"] / text["sft"]["first_step_seconds"], rel=0.01)
     assert figures["repeat"] == 1 and len(chat["sft"]["runs"]) == 1 and len(chat["hf"]["runs"]) == 1
