@@ -147,6 +147,9 @@ def test_data_scale_harness_reports_both_sides(tmp_path):
     assert text["time_ratio_past_imports"] == pytest.approx((text["sft"]["seconds"] - figures["imports"]["text"]["sft"]["seconds"])
                                                             / (text["hf"]["seconds"] - figures["imports"]["text"]["hf"]["seconds"]),
                                                             rel=0.01)
+    assert text["first_step_ratio_past_imports"] == pytest.approx(
+        (text["sft"]["first_step_seconds"] - figures["imports"]["text"]["sft"]["seconds"])
+        / (text["hf"]["first_step_seconds"] - figures["imports"]["text"]["hf"]["seconds"]), rel=0.01)
     assert text["second_launch_first_step_share"] == pytest.approx(
         text["sft_second_launch"]["first_step_seconds"] / text["sft"]["first_step_seconds"], rel=0.01)
     assert figures["repeat"] == 1 and len(chat["sft"]["runs"]) == 1 and len(chat["hf"]["runs"]) == 1
