@@ -100,12 +100,14 @@ def _read_delimited(path: Path, opener, delimiter: str, encoding: str) -> Iterat
             if not values:  # a blank line: no record, but it counts for the next record's line number
                 start = reader.line_num + 1
                 continue
-            if len(values) != width:
-                if len(values) > width:
-                    raise DataError(f"{path}:{start}: {len(values)} fields, the header has {width}; quote fields "
-                                    f"that contain the delimiter")
-                values = values + [None] * (width - len(values))  # a short row leaves its last fields missing
-            yield f"{name}:{start}", dict(zip(header, values))
+            if len(values) > width:
+                raise DataError(f"{path}:{start}: {len(values)} fields, the header has {width}; quote fields "
+                                f"that contain the delimiter")
+            row = dict(zip(header, values))
+            if len(values) < width:
+                for column in header[len(values):]:
+                    row.setdefault(column, None)  # a short row leaves its last fields missing
+            yield f"{name}:{start}", row
             start = reader.line_num + 1
 
 
