@@ -81,12 +81,15 @@ def test_packed_loss_equals_unpacked_loss(tiny_llama_dir, tmp_path):  # noqa: F8
     torch.testing.assert_close(loss_packed, loss_unpacked, atol=1e-5, rtol=1e-5)
 
 
-def _one_step_update(model_dir: str, path: Path, batch_size: int, accumulate: int) -> dict[str, torch.Tensor]:
+def _one_step_update(model_dir: str, path: Path, batch_size: int, accumulate: int,
+                     streaming: bool = False) -> dict[str, torch.Tensor]:
     """Parameters after one SGD step (lr 1, no momentum): minus the step's gradient."""
     from functools import partial
 
     L.seed_everything(0)
-    dm = datamodule(model_dir, path, batch_size=batch_size, val_fraction=0.05, test_fraction=0.05)
+    split = dict(streaming=True, val_file=str(path), test_file=str(path)) if streaming else \
+        dict(val_fraction=0.05, test_fraction=0.05)
+    dm = datamodule(model_dir, path, batch_size=batch_size, **split)
     m = module(model_dir, optimizer=partial(torch.optim.SGD, lr=1.0))
     before = {k: v.detach().clone() for k, v in m.backbone.named_parameters()}
     counts = []
@@ -103,10 +106,11 @@ def _one_step_update(model_dir: str, path: Path, batch_size: int, accumulate: in
     return {k: before[k] - v.detach() for k, v in m.backbone.named_parameters()}, counts
 
 
-def test_gradient_is_the_same_for_accumulation_and_one_big_batch(tiny_llama_dir, tmp_path):  # noqa: F811
+@pytest.mark.parametrize("streaming", [False, True])
+def test_gradient_is_the_same_for_accumulation_and_one_big_batch(tiny_llama_dir, tmp_path, streaming):  # noqa: F811
     path = varied_jsonl(tmp_path / "d.jsonl", rows=40)
-    big, _ = _one_step_update(tiny_llama_dir, path, batch_size=8, accumulate=1)
-    accumulated, counts = _one_step_update(tiny_llama_dir, path, batch_size=2, accumulate=4)
+    big, _ = _one_step_update(tiny_llama_dir, path, batch_size=8, accumulate=1, streaming=streaming)
+    accumulated, counts = _one_step_update(tiny_llama_dir, path, batch_size=2, accumulate=4, streaming=streaming)
     assert len(set(counts)) > 1  # micro-batches of unequal token counts: a per-micro-batch mean would differ
     for name in big:
         torch.testing.assert_close(accumulated[name], big[name], atol=1e-6, rtol=1e-4, msg=name)

@@ -197,6 +197,64 @@ def test_stream_resumes_with_the_same_batches(tmp_path):
     assert first == straight and second != first  # each pass (epoch) has its own order
 
 
+def test_stream_steps_carry_their_token_count_and_ranks_stop_together():
+    import torch
+
+    from sft.data.streaming import step_windows
+
+    def micro_batch(supervised: int) -> dict:
+        labels = torch.full((2, 8), -100)
+        labels.view(-1)[1:supervised + 1] = 1  # position 0 is never a target
+        return {"labels": labels}
+
+    def pass_of(tokens, accumulate, done=0, fewest=None):
+        return [(int((b["labels"] != -100).sum()), round(float(b["loss_denominator"]), 4))
+                for b in step_windows(iter([micro_batch(t) for t in tokens]), accumulate, done, True, fewest)]
+
+    # steps of 3 micro-batches, the last one short: every micro-batch carries its step's tokens / 3
+    assert pass_of([1, 2, 3, 4, 5, 6, 7], 3) == [(1, 2.0), (2, 2.0), (3, 2.0), (4, 5.0), (5, 5.0), (6, 5.0), (7, 2.3333)]
+    # a pass resumed after 4 trained micro-batches starts inside a step (Lightning counts steps from the epoch start)
+    assert pass_of([5, 6, 7], 3, done=4) == [(5, 3.6667), (6, 3.6667), (7, 2.3333)]
+    # under DDP another rank has only one micro-batch left for the last step: this rank trains one, not two
+    asked = []
+
+    def other_rank_has_one_left(count: int) -> int:
+        asked.append(count)
+        return min(count, 1) if len(asked) == 3 else count
+
+    assert [t for t, _ in pass_of([1, 2, 3, 4, 5, 6, 7, 8], 3, fewest=other_rank_has_one_left)] == [1, 2, 3, 4, 5, 6, 7]
+    assert asked == [3, 3, 2]
+    # a pass that ends on a step boundary asks once more and stops on every rank alike
+    asked.clear()
+    assert len(pass_of([1, 2, 3], 3, fewest=lambda n: asked.append(n) or n)) == 3 and asked == [3, 0]
+
+
+def test_streamed_ddp_ranks_with_unequal_batches_keep_training_past_the_stream_end(tiny_model_dir, tmp_path):
+    """49 records over 2 ranks: 25 and 24, so 7 and 6 batches of 4 a pass. Without an agreed end, rank 0
+    would wait forever in its seventh step's all-reduce."""
+    import subprocess
+    import sys
+
+    import torch
+
+    from tests.conftest import tiny_overrides
+
+    root = Path(__file__).resolve().parents[1]
+    data = write_sentiment_csv(tmp_path / "train.csv", rows=49)
+    held = write_sentiment_csv(tmp_path / "held.csv", rows=8, seed=3)
+    overrides = tiny_overrides(tiny_model_dir, data, [
+        "trainer=ddp_sim", "trainer.max_steps=15", "trainer.max_epochs=5", "data.batch_size=4", "data.streaming=true", f"data.val_file={held}",
+        f"data.test_file={held}", "data.num_workers=0", "callbacks.early_stopping=null", "logger=none", "test=false",
+        f"hydra.run.dir={tmp_path / 'run'}"])
+    proc = subprocess.run([sys.executable, str(root / "train.py"), *overrides], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=300)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output[-3000:]
+    assert torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 15
+    # two passes ended (steps 6 and 12), each leaving rank 0's seventh batch untrained, and said so
+    assert output.count("1 micro-batch(es) at the end of this pass left untrained on this rank") == 2, output[-3000:]
+
+
 def test_streamed_training_runs_and_needs_max_steps(tiny_model_dir, tmp_path):
     from sft.cli import train
     from tests.conftest import compose_config, tiny_overrides

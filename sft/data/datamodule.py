@@ -405,7 +405,9 @@ class SFTDataModule(L.LightningDataModule):
             stream.epoch, stream.skip_batches = self._resume_order["epoch"], self._resume_order["batches_done"]
             self._resume_order = None
         self._stream = stream
-        return EpochLoader(stream, batch_size=None, num_workers=self.num_workers, pin_memory=torch.cuda.is_available())
+        return EpochLoader(stream, accumulate=trainer.accumulate_grad_batches if trainer is not None else 1,
+                           step_normalized=self.processor.step_normalized, batch_size=None,
+                           num_workers=self.num_workers, pin_memory=torch.cuda.is_available())
 
     def train_dataloader(self) -> DataLoader:
         if self.hparams.streaming:

@@ -11,17 +11,28 @@ Resuming mid-epoch: the order is a function of (seed, epoch, shard) alone, and t
 takes batches from its workers in turn, so the batches already trained are known from their
 count; a resumed run re-reads and skips them and then sees exactly the batches the interrupted
 run would have seen next.
+
+In the training process, the loader reads one optimizer step of micro-batches ahead
+(`step_windows`), which gives what a stream cannot know batch by batch: the step's
+supervised-token count, the causal_lm loss denominator that map-style data gets from
+StepBatchSampler; and, under DDP, how many micro-batches every rank still has, so that at the
+stream's end all ranks train the fewest any of them has (the others' are counted and logged)
+and none waits forever in a collective the others never join.
 """
 
 from __future__ import annotations
 
 import itertools
-from typing import Any, Iterator, Optional
+import logging
+from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
+import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from sft.data.sources import StreamTable, Table
+
+log = logging.getLogger(__name__)
 
 IGNORE = -100
 CHUNK_RECORDS = 512  # records encoded (and shuffled, and packed) together
@@ -67,12 +78,6 @@ class StreamedBatches(IterableDataset):
         rows = list(PackedExamples(items, pack_plan(items.lengths(), self.pack_length)))
         return [rows[i] for i in rng.permutation(len(rows))]
 
-    def _batch(self, rows: list[dict]) -> Any:
-        if self.processor.step_normalized:  # the token mean of this micro-batch (see sft.data.packing)
-            supervised = sum(sum(1 for label in row["labels"] if label != IGNORE) for row in rows)
-            rows = [{**rows[0], "loss_denominator": max(supervised, 1)}] + rows[1:]
-        return self.collate(rows)
-
     def __iter__(self) -> Iterator[Any]:
         # The epoch and resume position are read now, when the DataLoader starts a pass, not at the first batch.
         return self._batches(self.epoch, self.skip_batches)
@@ -94,18 +99,71 @@ class StreamedBatches(IterableDataset):
                 if skip:
                     skip -= 1
                     continue
-                yield self._batch(batch)
+                yield self.collate(batch)
             if not chunk:
                 return
 
 
+def step_windows(batches: Iterator[Any], accumulate: int, done: int, step_normalized: bool,
+                 fewest: Optional[Callable[[int], int]] = None) -> Iterator[Any]:
+    """The micro-batches of one pass, read an optimizer step (`accumulate` micro-batches, as
+    Lightning groups them from the epoch's start; a resumed pass that trained `done` of them may
+    start inside a step) at a time. With `step_normalized`, each gets `loss_denominator`: the
+    step's supervised tokens / accumulate, as StepBatchSampler gives map-style data. `fewest`
+    (under DDP) turns this rank's count of micro-batches for the step into the fewest any rank
+    has: every rank trains that many, so all run the same steps to the stream's end."""
+    size = accumulate - done % accumulate
+    while True:
+        window = list(itertools.islice(batches, size))
+        count = fewest(len(window)) if fewest is not None else len(window)
+        if count < len(window):
+            log.warning("data.streaming: %d micro-batch(es) at the end of this pass left untrained on this rank, so "
+                        "that every rank runs the same steps (ranks reach the stream's end a few batches apart)",
+                        len(window) - count)
+            window = window[:count]
+        if step_normalized:
+            tokens = sum(int((batch["labels"][:, 1:] != IGNORE).sum()) for batch in window)
+            for batch in window:
+                batch["loss_denominator"] = torch.tensor(max(tokens, 1) / accumulate)
+        yield from window
+        if count < size:
+            return
+        size = accumulate
+
+
+def fewest_across_ranks() -> Optional[Callable[[int], int]]:
+    """Under DDP, the all-reduce that gives the smallest of every rank's count; None in one process."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+        return None
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+
+    def fewest(count: int) -> int:
+        counts = torch.tensor([count], device=device)
+        dist.all_reduce(counts, op=dist.ReduceOp.MIN)
+        return int(counts.item())
+
+    return fewest
+
+
 class EpochLoader(DataLoader):
     """A DataLoader over StreamedBatches that tells the stream which epoch each pass is (the
-    shuffle depends on it) and hands a resume position to the first pass only."""
+    shuffle depends on it), hands a resume position to the first pass only, and gives the
+    training loop its micro-batches a step at a time (`step_windows`)."""
+
+    def __init__(self, dataset: StreamedBatches, accumulate: int = 1, step_normalized: bool = False, **kwargs):
+        super().__init__(dataset, **kwargs)
+        self.accumulate = max(1, int(accumulate))
+        self.step_normalized = step_normalized
 
     def __iter__(self):
         stream: StreamedBatches = self.dataset  # type: ignore[assignment]
+        done = stream.skip_batches
         iterator = super().__iter__()  # workers copy the stream now, with its epoch and skip count
         stream.skip_batches = 0
         stream.epoch += 1
-        return iterator
+        fewest = fewest_across_ranks()
+        if fewest is None and not self.step_normalized:
+            return iterator
+        return step_windows(iterator, self.accumulate, done, self.step_normalized, fewest)
