@@ -206,6 +206,32 @@ def test_regression_learns_in_original_units(tiny_model_dir, tmp_path):
     assert (sum(e * e for e in errors) / len(errors)) ** 0.5 == pytest.approx(evaluated["test/rmse"], rel=1e-3)
 
 
+def test_streamed_regression_learns_the_same_target_statistics(tiny_model_dir, tmp_path, monkeypatch):
+    import math
+
+    monkeypatch.setenv("SFT_CACHE", str(tmp_path / "cache"))
+    train_file = write_regression_csv(tmp_path / "train.csv", 200, seed=0)
+    kwargs = dict(task="text_regression", tokenizer=tiny_model_dir, train_file=str(train_file), val_file=str(train_file),
+                  test_file=str(train_file), label_column=["score", "negatives"])
+    streamed = SFTDataModule(**kwargs, streaming=True)
+    assert streamed.label_names == ["score", "negatives"]
+    rows = list(csv.DictReader(open(train_file)))
+    for k, column in enumerate(["score", "negatives"]):
+        values = [float(r[column]) for r in rows]
+        mean = sum(values) / len(values)
+        assert streamed.head_options["target_mean"][k] == pytest.approx(mean, rel=1e-9)
+        assert streamed.head_options["target_std"][k] == pytest.approx(
+            math.sqrt(sum((v - mean) ** 2 for v in values) / len(values)), rel=1e-9)
+    whole = SFTDataModule(**kwargs).head_options
+    for key in ("target_mean", "target_std"):
+        assert whole[key] == pytest.approx(streamed.head_options[key], rel=1e-9)
+    lines = train_file.read_text().splitlines()
+    lines[150] = lines[150].rsplit(",", 2)[0] + ",high,1"  # a target that is no number, late in the stream
+    train_file.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=rf"{train_file}:151: field 'score' is 'high'; expected a finite number"):
+        SFTDataModule(**kwargs, streaming=True).head_options
+
+
 @pytest.mark.slow
 def test_multi_output_regression(tiny_model_dir, tmp_path):
     train_file = write_regression_csv(tmp_path / "train.csv", 240, seed=0)

@@ -9,6 +9,7 @@ predictions and metrics in the original units.
 from __future__ import annotations
 
 import math
+from functools import partial
 
 from sft.data.sources import DataError, Table
 from sft.data.text_classification import TextClassificationProcessor
@@ -31,15 +32,20 @@ class RegressionProcessor(TextClassificationProcessor):
         return columns
 
     def targets_of(self, table: Table, index: int) -> list[float]:
+        return self._targets(table.rows[index], partial(table.where, index))
+
+    def _targets(self, row: dict, where) -> list[float]:
+        """The row's targets; `where()` names it in an error (called only then: a streamed record's
+        location costs a read)."""
         targets = []
         for column in self.target_columns:
-            value = table.rows[index].get(column)
+            value = row.get(column)
             try:
                 number = float(value.strip() if isinstance(value, str) else value)
             except (TypeError, ValueError):
                 number = None
             if number is None or isinstance(value, bool) or not math.isfinite(number):
-                raise DataError(f"{table.where(index)}: field {column!r} is {value!r}; expected a finite number")
+                raise DataError(f"{where()}: field {column!r} is {value!r}; expected a finite number")
             targets.append(number)
         return targets
 
@@ -50,18 +56,22 @@ class RegressionProcessor(TextClassificationProcessor):
         return self.label_names
 
     def learned_head_options(self, train: Table) -> dict:
-        """Per-target mean and standard deviation of the training split (when standardizing)."""
+        """Per-target mean and standard deviation of the training split (when standardizing), in one
+        pass over its records (Welford's update), so a streamed split needs no length."""
         if not self.standardize_targets:
             return {}
-        values = [self.targets_of(train, i) for i in range(len(train))]
-        means, stds = [], []
-        for k in range(len(self.target_columns)):
-            column = [v[k] for v in values]
-            mean = sum(column) / len(column)
-            std = math.sqrt(sum((x - mean) ** 2 for x in column) / len(column))
-            means.append(mean)
-            stds.append(std if std > 0 else 1.0)  # a constant target: nothing to scale
-        return {"target_mean": means, "target_std": stds}
+        count, means, squares = 0, [0.0] * len(self.target_columns), [0.0] * len(self.target_columns)
+        for i, row in enumerate(train.rows):
+            count += 1
+            for k, value in enumerate(self._targets(row, partial(train.where, i))):
+                delta = value - means[k]
+                means[k] += delta / count
+                squares[k] += delta * (value - means[k])
+        if count == 0:
+            raise DataError(f"{train.path}: no training records to learn the targets' mean and spread from")
+        stds = [math.sqrt(square / count) for square in squares]
+        # a constant target: nothing to scale
+        return {"target_mean": means, "target_std": [std if std > 0 else 1.0 for std in stds]}
 
     def encode(self, table: Table, with_labels: bool = True):
         examples, report = super().encode(table, with_labels=False)
