@@ -137,6 +137,7 @@ def train(cfg: DictConfig, extra_callbacks: Optional[list] = None) -> dict[str, 
     run_dir = output_dir(cfg)
     check_config(cfg)  # unknown keys, wrong types, bad values, a task the model cannot serve: before anything loads
     runs.validate_config(cfg)
+    runs.stream_validation_schedule(cfg)
     weights_only = True
     if cfg.get("ckpt_path") and cfg.get("train", True):  # a damaged or untrusted checkpoint is refused here
         from sft.safe_load import check_resume_checkpoint

@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime
 import importlib.metadata
 import json
+import logging
 import os
 import platform
 import shlex
@@ -21,6 +22,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from sft.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 PACKAGES = ("sft", "torch", "lightning", "transformers", "tokenizers", "torchmetrics", "hydra-core", "omegaconf",
             "numpy", "peft", "timm", "torchvision", "hydra-optuna-sweeper", "optuna", "hydra-submitit-launcher",
@@ -184,6 +187,22 @@ def validate_config(cfg: DictConfig) -> None:
     if warmup_steps is not None and max_steps is not None and max_steps > 0 and warmup_steps >= max_steps:
         raise ConfigError(f"scheduler.warmup_steps={warmup_steps} is not shorter than training "
                           f"(trainer.max_steps={max_steps}): the learning rate would never leave warmup")
+
+
+def stream_validation_schedule(cfg: DictConfig) -> None:
+    """data.streaming: a stream's pass has no known length, so a share in trainer.val_check_interval
+    is taken as a share of the run (trainer.max_steps) and turned into a count of training batches,
+    counted across passes (Lightning refuses a share of an unsized epoch)."""
+    trainer = cfg.get("trainer") or {}
+    interval, max_steps = trainer.get("val_check_interval"), _int_or_none(trainer.get("max_steps"))
+    if not (cfg.get("data") or {}).get("streaming") or not isinstance(interval, float) or not max_steps or max_steps < 0:
+        return
+    batches = max(1, round(interval * max_steps * (_int_or_none(trainer.get("accumulate_grad_batches")) or 1)))
+    with open_dict(cfg):
+        cfg.trainer.val_check_interval = batches
+        cfg.trainer.check_val_every_n_epoch = None
+    log.info("data.streaming: trainer.val_check_interval=%s taken as a share of the run (trainer.max_steps=%d): "
+             "validation every %d training batches", interval, max_steps, batches)
 
 
 def logged_metric_names(cfg: DictConfig, task, label_names: list[str]) -> dict[str, set[str]]:

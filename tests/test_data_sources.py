@@ -256,15 +256,26 @@ def test_streamed_ddp_ranks_with_unequal_batches_keep_training_past_the_stream_e
 
 
 def test_streamed_training_runs_and_needs_max_steps(tiny_model_dir, tmp_path):
+    from lightning.pytorch.callbacks import Callback
+
     from sft.cli import train
     from tests.conftest import compose_config, tiny_overrides
 
     data = write_sentiment_csv(tmp_path / "train.csv", rows=200)
     held = write_sentiment_csv(tmp_path / "held.csv", rows=40, seed=3)
     streamed = ["data.streaming=true", f"data.val_file={held}", f"data.test_file={held}", "data.num_workers=0"]
-    metrics = train(compose_config("train", tiny_overrides(tiny_model_dir, data, streamed + ["trainer.max_steps=6"]),
-                                   tmp_path / "run"))
-    assert metrics["test/acc"] >= 0 and (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
+    validations = []
+
+    class CountValidations(Callback):
+        def on_validation_end(self, trainer, pl_module):
+            validations.append(trainer.global_step)
+
+    # the default share of an epoch (0.5) is a share of the run for a stream: validation at steps 3 and 6
+    cfg = compose_config("train", tiny_overrides(tiny_model_dir, data, streamed + [
+        "trainer.max_steps=6", "trainer.val_check_interval=0.5", "trainer.accumulate_grad_batches=2"]), tmp_path / "run")
+    metrics = train(cfg, extra_callbacks=[CountValidations()])
+    assert validations == [3, 6] and (cfg.trainer.val_check_interval, cfg.trainer.check_val_every_n_epoch) == (6, None)
+    assert metrics["test/acc"] >= 0 and (tmp_path / "run" / "checkpoints" / "best.ckpt").is_file()
     with pytest.raises(ConfigError, match="data.streaming=true: set trainer.max_steps"):
         train(compose_config("train", tiny_overrides(tiny_model_dir, data, streamed), tmp_path / "run2"))
     with pytest.raises(ConfigError, match="data.streaming=true: set data.val_file"):
