@@ -83,6 +83,29 @@ def test_save_to_disk_folders(tiny_model_dir, tmp_path):
                       train_split="training").setup("fit")
 
 
+def test_class_label_columns_read_as_their_names_in_the_datasets_order(tiny_model_dir, tmp_path):
+    from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
+
+    rows = sentiment_rows(write_sentiment_csv(tmp_path / "all.csv", rows=60))
+    features = Features({"text": Value("string"), "label": ClassLabel(names=["pos", "neg"])})  # not alphabetical
+
+    def split(part: list[dict]) -> Dataset:
+        return Dataset.from_dict({"text": [r["text"] for r in part], "label": [r["label"] for r in part]}, features)
+
+    DatasetDict({"train": split(rows[:40]), "validation": split(rows[40:50]),
+                 "test": split(rows[50:])}).save_to_disk(str(tmp_path / "splits"))
+    dm = SFTDataModule(task="text_classification", tokenizer=tiny_model_dir, train_file=str(tmp_path / "splits"))
+    dm.setup()
+    assert dm.label_names == ["pos", "neg"]  # the dataset's names, in its order (ids 0 and 1 keep their meaning)
+    assert dm.tables()["test"].rows[0]["label"] == rows[50]["label"]
+    assert [e["labels"] for e in dm.encoded("test")] == [["pos", "neg"].index(r["label"]) for r in rows[50:]]
+    unlabelled = Dataset.from_dict({"text": ["an unlabelled review"], "label": [-1]}, features)
+    DatasetDict({"train": split(rows[:40]), "validation": split(rows[40:50]),
+                 "test": unlabelled}).save_to_disk(str(tmp_path / "unlabelled"))
+    with pytest.raises(DataError, match=r"unlabelled \[test\] row 1: field 'label' is empty"):
+        SFTDataModule(task="text_classification", tokenizer=tiny_model_dir, train_file=str(tmp_path / "unlabelled")).setup()
+
+
 def cache_hub_dataset(cache: Path, repo: str, splits: dict[str, Path]) -> None:
     """Put `repo` into a datasets cache as a run that once downloaded it leaves it (so that it loads offline)."""
     import datasets

@@ -34,7 +34,7 @@ import torch
 
 from sft.data.processor import Processor
 from sft.data.sources import DataError, Table, is_saved_dataset, read_class_folder, read_table
-from sft.data.text_classification import label_id, label_key, sorted_labels
+from sft.data.text_classification import in_source_order, label_id, label_key
 
 log = logging.getLogger(__name__)
 
@@ -365,14 +365,14 @@ class AudioClassificationProcessor(Processor):
         if self.label_names is None:
             train.require_columns({"data.label_column": self.label_column})
             keys = set()
-            for i in range(len(train)):
-                key = label_key(train.rows[i].get(self.label_column))
+            for i, row in enumerate(train.rows):
+                key = label_key(row.get(self.label_column))
                 if key is None:
                     raise DataError(f"{train.where(i)}: field {self.label_column!r} is empty; every training clip needs a label")
                 keys.add(key)
             if len(keys) < 2:
                 raise DataError(f"{train.path}: only the label {sorted(keys)}; classification needs at least two")
-            self.label_names = sorted_labels(keys)
+            self.label_names = in_source_order(train.class_order(self.label_column), keys)
         return self.label_names
 
     def _audio_path(self, table: Table, i: int) -> str:

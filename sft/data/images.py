@@ -26,7 +26,7 @@ import torch
 
 from sft.data.processor import Processor
 from sft.data.sources import DataError, Table, is_saved_dataset, read_class_folder, read_table
-from sft.data.text_classification import label_id, label_key, sorted_labels
+from sft.data.text_classification import in_source_order, label_id, label_key
 
 log = logging.getLogger(__name__)
 
@@ -297,8 +297,7 @@ class ImageClassificationProcessor(Processor):
                 keys.add(key)
             if len(keys) < 2:
                 raise DataError(f"{train.path}: only the label {sorted(keys)}; classification needs at least two")
-            order = train.label_order
-            self.label_names = [n for n in order if n in keys] if order else sorted_labels(keys)
+            self.label_names = in_source_order(train.class_order(self.label_column), keys)
         return self.label_names
 
     def _column(self, table: Table) -> str:

@@ -64,6 +64,11 @@ class Table:
         """What identifies these records for the encode cache (None: not cached)."""
         return None
 
+    def class_order(self, column: str) -> Optional[list[str]]:
+        """The source's own order of the classes in `column`, if it has one (an array data set's
+        label_names, a Hugging Face ClassLabel feature): the label map keeps it."""
+        return self.label_order
+
     def require_columns(self, columns: dict[str, Optional[str]]) -> None:
         """`columns` maps config key -> column name; every named column must exist."""
         for key, column in columns.items():
@@ -273,15 +278,17 @@ class ArrowRows(Sequence):
 class ArrowTable(Table):
     """Records in a memory-mapped Arrow dataset (`datasets.Dataset`). Two layouts:
     read from files: the JSON text of each record and its location (`__record`, `__where`);
-    a Hugging Face dataset: its own typed columns and the original row number (`__row`)."""
+    a Hugging Face dataset: its own typed columns and the original row number (`__row`). Its
+    ClassLabel columns (`class_names`) read as the class names, not their ids."""
 
     def __init__(self, path: str, dataset, columns: list[str], origin: Optional[str] = None,
-                 label_order: Optional[list[str]] = None, fingerprint: Optional[str] = None):
+                 class_names: Optional[dict[str, list[str]]] = None, fingerprint: Optional[str] = None):
         self.path = path
         self.dataset = dataset
         self.columns = list(columns)
         self.origin = origin  # Hugging Face datasets: what a location names before "row N"
-        self.label_order = label_order
+        self.class_names = dict(class_names or {})
+        self.label_order = None
         self._fingerprint = fingerprint or dataset._fingerprint
         self.rows = ArrowRows(self)
 
@@ -294,6 +301,10 @@ class ArrowTable(Table):
             return [json.loads(text) for text in batch[RECORD]], list(batch[WHERE])
         names = [c for c in batch if c != ROW]
         records = [dict(zip(names, values)) for values in zip(*(batch[c] for c in names))]
+        for column, classes in self.class_names.items():
+            for record in records:  # an id outside the classes (-1: unlabelled) reads as an empty label
+                value = record.get(column)
+                record[column] = classes[value] if isinstance(value, int) and 0 <= value < len(classes) else None
         return records, [f"{self.origin} row {row + 1}" for row in batch[ROW]]
 
     @property  # type: ignore[override]
@@ -313,7 +324,7 @@ class ArrowTable(Table):
     def in_memory(self, batch: dict[str, list]) -> Table:
         """A plain Table of one batch of this table's Arrow columns (what processors encode)."""
         records, locations = self.decode_batch(batch)
-        return Table(self.path, records, locations, self.columns, self.label_order)
+        return Table(self.path, records, locations, self.columns)
 
     def subset(self, indices: Sequence[int]) -> "ArrowTable":
         import numpy as np
@@ -321,10 +332,13 @@ class ArrowTable(Table):
         positions = np.asarray(indices, dtype=np.int64)
         digest = hashlib.sha256(self._fingerprint.encode() + positions.tobytes()).hexdigest()[:32]
         return ArrowTable(self.path, self.dataset.select(positions, new_fingerprint=digest), self.columns, self.origin,
-                          self.label_order, digest)
+                          self.class_names, digest)
 
     def fingerprint(self) -> Optional[str]:
         return self._fingerprint
+
+    def class_order(self, column: str) -> Optional[list[str]]:
+        return self.class_names.get(column)
 
     @staticmethod
     def concatenate(tables: list["ArrowTable"], path: str) -> "ArrowTable":
@@ -343,7 +357,7 @@ class ArrowTable(Table):
         digest = hashlib.sha256("".join(t._fingerprint for t in tables).encode()).hexdigest()[:32]
         first = tables[0]
         return ArrowTable(path, concatenate_datasets([t.dataset for t in tables]), list(columns), first.origin,
-                          first.label_order, digest)
+                          first.class_names, digest)
 
     def with_locations(self) -> "ArrowTable":
         """The same records in the file layout (JSON records and locations), so that shards of
@@ -353,7 +367,7 @@ class ArrowTable(Table):
         where = [f"{self.origin} row {row + 1}" for row in self.dataset[ROW]]
         records = [json.dumps(r, ensure_ascii=False, default=str) for r in self.rows]
         dataset = Dataset.from_dict({WHERE: where, RECORD: records})
-        return ArrowTable(self.path, dataset, self.columns, None, self.label_order, self._fingerprint)
+        return ArrowTable(self.path, dataset, self.columns, None, self.class_names, self._fingerprint)
 
 
 class StreamRows:
@@ -481,15 +495,14 @@ def hf_table(dataset, origin: str, path: str) -> ArrowTable:
     if ROW not in dataset.column_names:
         dataset = dataset.add_column(ROW, np.arange(len(dataset), dtype=np.int64),
                                      new_fingerprint=hashlib.sha256(f"{dataset._fingerprint}{ROW}".encode()).hexdigest()[:32])
-    label_order = None
     features = getattr(dataset, "features", None) or {}
-    for feature in features.values():  # a ClassLabel column: the dataset's own class order
-        if type(feature).__name__ == "ClassLabel":
-            label_order = list(feature.names)
+    # ClassLabel columns: read as names, in the dataset's own class order
+    class_names = {name: list(feature.names) for name, feature in features.items()
+                   if type(feature).__name__ == "ClassLabel"}
     columns = [c for c in dataset.column_names if c != ROW]
     if not len(dataset):
         raise DataError(f"{origin}: holds no records")
-    return ArrowTable(path, dataset, columns, origin, label_order)
+    return ArrowTable(path, dataset, columns, origin, class_names)
 
 
 def read_saved_dataset(folder: Path, key: str, split: str = "train") -> ArrowTable:

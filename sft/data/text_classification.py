@@ -32,6 +32,14 @@ def sorted_labels(keys: set[str]) -> list[str]:
         return sorted(keys)
 
 
+def in_source_order(order: list[str] | None, keys: set[str]) -> list[str]:
+    """The label map of the training labels `keys`: in the source's own class order where it has one
+    (a ClassLabel feature; classes the training split lacks are left out), else as `sorted_labels`."""
+    if not order:
+        return sorted_labels(keys)
+    return [key for key in (label_key(name) for name in order) if key in keys]
+
+
 def label_id(table: Table, i: int, column: str, index: dict[str, int]) -> int:
     """The id of record i's label in the training label map `index`; an empty or unseen label is
     an error naming the record's file and line."""
@@ -95,7 +103,7 @@ class TextClassificationProcessor(Processor):
             if len(keys) < 2:
                 raise DataError(f"{train.path}: field {self.label_column!r} has only the label {sorted(keys)}; "
                                 f"classification needs at least two")
-            self.label_names = sorted_labels(keys)
+            self.label_names = in_source_order(train.class_order(self.label_column), keys)
         return self.label_names
 
     def _texts(self, table: Table, column: str) -> list[str]:
