@@ -250,6 +250,66 @@ def test_array_layout_with_hf_vit_learns(tmp_path, tiny_vit_dir):
     assert_predictor_matches_eval(Predictor.load(export), test_images, rows)
 
 
+def write_saved_image_dataset(root: Path, per_class: int, broken_train_row: int | None = None) -> Path:
+    """A DatasetDict as save_to_disk writes it, the way Hugging Face image data sets come: PNG bytes
+    in an Image column named `img` (as cifar10 names it) and a ClassLabel `label` whose class
+    order is not alphabetical."""
+    import io
+
+    from datasets import ClassLabel, Dataset, DatasetDict, Features
+    from datasets import Image as ImageFeature
+
+    rng = np.random.default_rng(3)
+    features = Features({"img": ImageFeature(), "label": ClassLabel(names=COLORS)})
+
+    def split(count: int, broken: int | None = None) -> Dataset:
+        images, labels = [], []
+        for i in range(count):
+            buffer = io.BytesIO()
+            Image.fromarray(color_image(rng, i % len(COLORS))).save(buffer, format="PNG")
+            images.append({"bytes": b"not an image" if i == broken else buffer.getvalue(), "path": None})
+            labels.append(i % len(COLORS))
+        return Dataset.from_dict({"img": images, "label": labels}, features)
+
+    DatasetDict({"train": split(per_class * len(COLORS), broken_train_row), "validation": split(9),
+                 "test": split(9)}).save_to_disk(str(root))
+    return root
+
+
+def test_hugging_face_image_dataset_reads_its_bytes_per_batch(tmp_path, monkeypatch):
+    from sft.data import images
+
+    decoded = []
+    original = images.open_image
+    monkeypatch.setattr(images, "open_image", lambda source, mode: decoded.append(source) or original(source, mode))
+    saved = write_saved_image_dataset(tmp_path / "saved", per_class=4)
+    dm = image_datamodule(saved, batch_size=5, num_workers=0)
+    dm.setup()
+    assert dm.label_names == COLORS  # the ClassLabel's names, in its order
+    assert decoded == [] and dm.report["train"]["records"] == 12  # nothing decoded (or copied) at setup
+    for loader in (dm.train_dataloader(), dm.test_dataloader()):
+        for batch in loader:
+            brightest = batch["pixel_values"].float().mean(dim=(2, 3)).argmax(dim=1)
+            assert brightest.tolist() == batch["labels"].tolist()  # each image arrived with its own record's label
+    assert len(decoded) == 12 + 9 and all(isinstance(source, bytes) for source in decoded)
+
+    broken = write_saved_image_dataset(tmp_path / "broken", per_class=4, broken_train_row=6)
+    dm = image_datamodule(broken, batch_size=12, num_workers=0)
+    dm.setup("fit")  # embedded bytes are not even header-checked up front: that would read them all
+    with pytest.raises(DataError, match=r"broken \[train\] row 7: its pixels could not be decoded"):
+        next(iter(dm.train_dataloader()))
+
+
+def test_hugging_face_image_dataset_trains(tmp_path, timm_weights_file):
+    saved = write_saved_image_dataset(tmp_path / "saved", per_class=16)
+    cfg = compose_config("train", image_overrides(saved, timm_weights_file, [
+        "model.architecture=test_efficientnet"]), tmp_path / "run")
+    recorder = RecordLoss()
+    metrics = train(cfg, extra_callbacks=[recorder])
+    assert_learns(recorder.losses, metrics)
+    assert {f"test/f1_{name}" for name in COLORS} <= set(metrics)
+
+
 def test_normalization_comes_from_the_backbone(tiny_vit_dir, timm_weights_file):
     """The model side reads the input spec of the backbone; the data side takes it (and user overrides)."""
     from sft.data.images import ImageClassificationProcessor

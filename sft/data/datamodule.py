@@ -7,7 +7,7 @@ import logging
 import os
 from functools import partial
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import lightning as L
 import numpy as np
@@ -30,22 +30,26 @@ log = logging.getLogger(__name__)
 
 
 class EncodedDataset(Dataset):
-    """A split's examples for the DataLoader: memory-mapped Arrow rows (or a small in-memory list)."""
+    """A split's examples for the DataLoader: memory-mapped Arrow rows (or a small in-memory list),
+    completed by the processor's `batch_source` where it has one (e.g. embedded image bytes)."""
 
-    def __init__(self, examples: Examples):
+    def __init__(self, examples: Examples, complete: Optional[Callable[[list[dict]], list[dict]]] = None):
         self.examples = examples
+        self.complete = complete
 
     def __len__(self) -> int:
         return len(self.examples)
 
     def __getitem__(self, index: int) -> dict:
-        return self.examples[index]
+        return self.__getitems__([index])[0] if self.complete is not None else self.examples[index]
 
     def __getitems__(self, indices: list[int]) -> list[dict]:
         # One Arrow read per batch instead of one per example.
         if isinstance(self.examples, ArrowExamples):
-            return self.examples.many(indices)
-        return [self.examples[i] for i in indices]
+            items = self.examples.many(indices)
+        else:
+            items = [self.examples[i] for i in indices]
+        return self.complete(items) if self.complete is not None else items
 
 
 def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
@@ -302,7 +306,7 @@ class SFTDataModule(L.LightningDataModule):
             examples, report = encode_table(self.processor, self.tables()[split], split,
                                             self._encode_cache_entry(split), self.hparams.num_proc)
             examples = self.processor.arrange(split, examples)  # e.g. packing of training rows
-            self._encoded[split] = EncodedDataset(examples)
+            self._encoded[split] = EncodedDataset(examples, self.processor.batch_source(self.tables()[split]))
             self.report[split] = report.as_dict()
             unknown = self.report[split].get("unknown_tokens")  # text tasks: the tokenizer's coverage
             if hasattr(report, "summary"):

@@ -3,6 +3,8 @@
 Sources (`read_source`):
 - a folder with one subfolder per class (ImageFolder layout);
 - a CSV/TSV/JSON/JSONL/Parquet file of `path,label` records, paths relative to that file;
+- a Hugging Face dataset (`hf:` or a save_to_disk folder) with an Image column: its encoded
+  bytes stay in the dataset's Arrow file and are read per batch (`EmbeddedImages`);
 - an `.npz` of decoded arrays (`images` uint8 (N, H, W[, C]), `labels`, optional `label_names`),
   as the catalog's array data sets are prepared: decoded once, never per epoch.
 
@@ -14,6 +16,7 @@ on_after_batch_transfer).
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -25,7 +28,7 @@ import numpy as np
 import torch
 
 from sft.data.processor import Processor
-from sft.data.sources import DataError, Table, is_saved_dataset, read_class_folder, read_table
+from sft.data.sources import ROW, ArrowTable, DataError, Table, is_saved_dataset, read_class_folder, read_table
 from sft.data.text_classification import in_source_order, label_id, label_key
 
 log = logging.getLogger(__name__)
@@ -67,11 +70,12 @@ def read_source(path, key: str = "data file", encoding: str = "utf-8") -> Table:
 
 
 # -- decoding -------------------------------------------------------------------------------------
-def open_image(path: str, mode: str):
-    """Fully decoded PIL image in `mode` (RGB or L); raises on a missing, non-image or truncated file."""
+def open_image(source: str | bytes, mode: str):
+    """Fully decoded PIL image in `mode` (RGB or L), from a file or its bytes; raises on a missing,
+    non-image or truncated file."""
     from PIL import Image
 
-    with Image.open(path) as image:
+    with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
         image.load()  # decodes every byte: a truncated file fails here, not in a worker mid-epoch
         if image.mode == "P" and "transparency" in image.info:
             image = image.convert("RGBA")
@@ -160,19 +164,25 @@ class ImageCollator:
         self.channels = channels
         self.on_bad_image = on_bad_image
 
+    @staticmethod
+    def name(item: dict) -> str:
+        """The image's file, or the record holding its bytes."""
+        return item["image"] if isinstance(item["image"], str) else item.get("where", "an image")
+
     def image(self, item: dict) -> Optional[torch.Tensor]:
         """The transformed image, or None for a file whose pixels cannot be decoded (data.on_bad_image=skip)."""
         source = item["image"]
         try:
-            if isinstance(source, str):
+            if isinstance(source, (str, bytes)):
                 source = open_image(source, "L" if self.channels == 1 else "RGB")
             return self.transform(to_tensor(source, self.channels))
         except Exception as e:  # in a DataLoader worker: name the file, not only the worker
-            if not isinstance(item["image"], str):
+            if not isinstance(item["image"], (str, bytes)):
                 raise
-            # Setup checks only that each file exists and has an image header; a file whose pixel data is
-            # truncated or corrupt is found here, when its batch is built.
-            problem = f"{item['image']}: its pixels could not be decoded ({type(e).__name__}: {e})"
+            # Setup checks only that each file exists and has an image header (embedded bytes not even
+            # that: it would read them all); pixel data that is truncated or corrupt is found here,
+            # when its batch is built.
+            problem = f"{self.name(item)}: its pixels could not be decoded ({type(e).__name__}: {e})"
             if self.on_bad_image == "skip":
                 log.warning("[data] skipped a bad image while loading a batch (data.on_bad_image=skip): %s", problem)
                 return None
@@ -182,7 +192,7 @@ class ImageCollator:
         pairs = [(item, self.image(item)) for item in items]
         kept = [(item, image) for item, image in pairs if image is not None]
         if not kept:
-            raise DataError(f"every image of a batch failed to decode, e.g. {items[0]['image']}")
+            raise DataError(f"every image of a batch failed to decode, e.g. {self.name(items[0])}")
         items = [item for item, _ in kept]
         batch = {"pixel_values": torch.stack([image for _, image in kept])}
         if "labels" in items[0]:
@@ -244,6 +254,32 @@ DEFAULT_INPUT = {"channels": 3, "size": 224, "mean": [0.485, 0.456, 0.406], "std
                  "interpolation": "bilinear", "crop_pct": 0.875}
 
 
+def _is_embedded(value) -> bool:
+    """A Hugging Face Image value read undecoded: {"bytes": ..., "path": ...}."""
+    return isinstance(value, dict) and "bytes" in value and "path" in value
+
+
+class EmbeddedImages:
+    """Completes a batch of examples whose images are bytes in the split's Arrow file: one read
+    of those rows' image column per batch, in the DataLoader worker, nothing decoded here and
+    nothing copied at setup. Each example also gets its record's location, for errors."""
+
+    def __init__(self, table: ArrowTable, column: str):
+        self.origin = table.origin
+        self.rows = table.dataset.select_columns([column, ROW])
+        self.column = column
+
+    def __call__(self, items: list[dict]) -> list[dict]:
+        wanted = [k for k, item in enumerate(items) if item["image"] is None]
+        if not wanted:
+            return items
+        read = self.rows[[items[k]["row"] for k in wanted]]
+        items = list(items)
+        for k, value, row in zip(wanted, read[self.column], read[ROW]):
+            items[k] = {**items[k], "image": value["bytes"], "where": f"{self.origin} row {row + 1}"}
+        return items
+
+
 class ImageClassificationProcessor(Processor):
     """One label per image. `input_spec` is what the backbone was pretrained on (from the model
     side: sft.models.image_backbones.image_data_config); `image_size`, `mean`, ... override it."""
@@ -290,8 +326,8 @@ class ImageClassificationProcessor(Processor):
         if self.label_names is None:
             train.require_columns({"data.label_column": self.label_column})
             keys = set()
-            for i, row in enumerate(train.rows):
-                key = label_key(row.get(self.label_column))
+            for i, value in enumerate(train.column_values(self.label_column)):  # no image read
+                key = label_key(value)
                 if key is None:
                     raise DataError(f"{train.where(i)}: field {self.label_column!r} is empty; every training image needs a label")
                 keys.add(key)
@@ -301,14 +337,24 @@ class ImageClassificationProcessor(Processor):
         return self.label_names
 
     def _column(self, table: Table) -> str:
-        """The image field: data.image_column, or `image` in an array data set (it has no paths)."""
-        arrays = bool(table.rows) and isinstance(table.rows[0].get("image"), np.ndarray)
-        return "image" if arrays and self.image_column not in table.columns else self.image_column
+        """The image field: data.image_column; where the source has no such field, the `image` of an
+        array data set (it has no paths) or a Hugging Face dataset's first Image column."""
+        if self.image_column in table.columns or not len(table.rows):
+            return self.image_column
+        first = table.rows[0]
+        if isinstance(first.get("image"), np.ndarray):
+            return "image"
+        return next((c for c in table.columns if _is_embedded(first.get(c))), self.image_column)
 
     def _image_source(self, table: Table, i: int):
+        """An image path, an array, or None for bytes embedded in the source (read per batch)."""
         value = table.rows[i].get(self._column(table))
         if isinstance(value, np.ndarray):
             return value
+        if _is_embedded(value):
+            if value["bytes"] is not None:
+                return None
+            value = value["path"]  # an Image column that refers to files
         if value is None or (isinstance(value, str) and not value.strip()):
             raise DataError(f"{table.where(i)}: field {self.image_column!r} is empty; expected an image path "
                             f"(set data.image_column to the field holding it)")
@@ -335,6 +381,12 @@ class ImageClassificationProcessor(Processor):
         if count == 0:
             raise DataError(f"{table.path}: no readable images left after skipping {report.skipped} bad ones")
 
+    def batch_source(self, table: Table):
+        if not isinstance(table, ArrowTable) or ROW not in table.dataset.column_names or not len(table):
+            return None
+        column = self._column(table)
+        return EmbeddedImages(table, column) if _is_embedded(table.rows[0].get(column)) else None
+
     def record_fields(self, table: Table, index: int, example: dict) -> dict:
         return {"image": example["image"] if isinstance(example["image"], str) else None}
 
@@ -343,7 +395,7 @@ class ImageClassificationProcessor(Processor):
         table.require_columns({"data.image_column": self._column(table)})
         if with_labels:
             table.require_columns({"data.label_column": self.label_column})
-        sources = [self._image_source(table, i) for i in range(len(table))]
+        sources = [self._image_source(table, i) for i in range(len(table))]  # None: bytes in the source
         paths = [i for i, s in enumerate(sources) if isinstance(s, str)]
         # Decode every file once up front, so a bad one is named now rather than failing a worker mid-epoch.
         with ThreadPoolExecutor(max(1, self.check_workers)) as pool:

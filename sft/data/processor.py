@@ -64,6 +64,12 @@ class Processor:
     def make_collator(self, pad_to_multiple_of: Optional[int], train: bool = False):
         raise NotImplementedError
 
+    def batch_source(self, table: Table):
+        """A function that completes a batch's examples from the split's records before collation
+        (e.g. image bytes kept in the source's Arrow file, read per batch rather than copied into
+        the examples); None when the examples are complete."""
+        return None
+
     def on_device(self, batch: dict, train: bool) -> dict:
         """Finish a batch once it is on the training device (e.g. normalize and mix images)."""
         return batch

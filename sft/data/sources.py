@@ -69,6 +69,10 @@ class Table:
         label_names, a Hugging Face ClassLabel feature): the label map keeps it."""
         return self.label_order
 
+    def column_values(self, column: str) -> Iterator[Any]:
+        """Every record's value of one field, in order (reading no other field where the source allows)."""
+        return (row.get(column) for row in self.rows)
+
     def require_columns(self, columns: dict[str, Optional[str]]) -> None:
         """`columns` maps config key -> column name; every named column must exist."""
         for key, column in columns.items():
@@ -247,6 +251,11 @@ def read_table(path: Union[str, Path, Sequence], key: str = "data file", encodin
 WHERE, RECORD, ROW = "__where", "__record", "__row"
 
 
+def class_name(classes: list[str], value) -> Optional[str]:
+    """A ClassLabel id as its class name; an id outside the classes (-1: unlabelled) is an empty label."""
+    return classes[value] if isinstance(value, int) and 0 <= value < len(classes) else None
+
+
 class ArrowRows(Sequence):
     """The records of an ArrowTable as a read-only sequence of dicts, decoded on access."""
 
@@ -302,10 +311,17 @@ class ArrowTable(Table):
         names = [c for c in batch if c != ROW]
         records = [dict(zip(names, values)) for values in zip(*(batch[c] for c in names))]
         for column, classes in self.class_names.items():
-            for record in records:  # an id outside the classes (-1: unlabelled) reads as an empty label
-                value = record.get(column)
-                record[column] = classes[value] if isinstance(value, int) and 0 <= value < len(classes) else None
+            for record in records:
+                record[column] = class_name(classes, record.get(column))
         return records, [f"{self.origin} row {row + 1}" for row in batch[ROW]]
+
+    def column_values(self, column: str) -> Iterator[Any]:
+        if RECORD in self.dataset.column_names:
+            yield from super().column_values(column)
+            return
+        classes = self.class_names.get(column)
+        for batch in self.dataset.select_columns([column]).iter(batch_size=2000):
+            yield from (class_name(classes, value) for value in batch[column]) if classes else batch[column]
 
     @property  # type: ignore[override]
     def locations(self) -> list[str]:
@@ -496,6 +512,10 @@ def hf_table(dataset, origin: str, path: str) -> ArrowTable:
         dataset = dataset.add_column(ROW, np.arange(len(dataset), dtype=np.int64),
                                      new_fingerprint=hashlib.sha256(f"{dataset._fingerprint}{ROW}".encode()).hexdigest()[:32])
     features = getattr(dataset, "features", None) or {}
+    for name, feature in list(features.items()):
+        # Image and Audio columns stay encoded ({"bytes", "path"}): the tasks decode them per batch, in the workers
+        if type(feature).__name__ in ("Image", "Audio") and getattr(feature, "decode", False):
+            dataset = dataset.cast_column(name, type(feature)(decode=False))
     # ClassLabel columns: read as names, in the dataset's own class order
     class_names = {name: list(feature.names) for name, feature in features.items()
                    if type(feature).__name__ == "ClassLabel"}
