@@ -287,6 +287,62 @@ def test_bad_audio_skipped_and_counted(listing_with_bad_files, tiny_whisper_dir)
         assert name in problems and why in problems, (name, problems)
 
 
+def write_saved_audio_dataset(root: Path, per_class: int, broken_train_row: int | None = None) -> Path:
+    """A DatasetDict as save_to_disk writes it, the way Hugging Face audio data sets come: encoded
+    clips (WAV, FLAC, OGG at several rates) in an Audio column `audio`, and a ClassLabel `label`
+    whose class order is not alphabetical."""
+    import io
+
+    from datasets import Audio, ClassLabel, Dataset, DatasetDict
+
+    rng = np.random.default_rng(4)
+
+    def split(count: int, broken: int | None = None) -> Dataset:
+        clips, labels = [], []
+        for i in range(count):
+            kind, rate, _ = FORMATS[i % len(FORMATS)]
+            buffer = io.BytesIO()
+            sf.write(buffer, tone(rng, list(TONES.values())[i % 3], rate, rng.uniform(0.4, 1.4)), rate, format=kind.upper())
+            clips.append({"bytes": b"not audio" if i == broken else buffer.getvalue(), "path": None})
+            labels.append(i % 3)
+        # cast from plain {bytes, path} records: encoding into an Audio feature would need torchcodec
+        return Dataset.from_dict({"audio": clips, "label": labels}).cast_column("audio", Audio()).cast_column(
+            "label", ClassLabel(names=list(TONES)))
+
+    DatasetDict({"train": split(per_class * 3, broken_train_row), "validation": split(9),
+                 "test": split(9)}).save_to_disk(str(root))
+    return root
+
+
+def test_hugging_face_audio_dataset_reads_its_clips_per_batch(tmp_path, tiny_whisper_dir):
+    saved = write_saved_audio_dataset(tmp_path / "saved", per_class=3)
+    dm = SFTDataModule(task="audio_classification", train_file=str(saved), input_spec=audio_input_spec(tiny_whisper_dir),
+                       max_seconds=1.0, batch_size=4, num_workers=0)
+    dm.setup()
+    assert dm.label_names == list(TONES)  # the ClassLabel's names, in its order
+    assert dm.report["train"]["records"] == 9 and dm.report["train"]["cut_to_max_seconds"] > 0  # checked at setup
+    train_set = dm.encoded("train")
+    assert all(example["audio"] is None for example in train_set.examples)  # the bytes stay in the dataset
+    for item in train_set.__getitems__(list(range(len(train_set)))):
+        wave = load_audio(item["audio"], 16000)
+        spectrum = np.abs(np.fft.rfft(wave))
+        pitch = np.argmax(spectrum) * 16000 / len(wave)
+        assert min(TONES, key=lambda name: abs(TONES[name] - pitch)) == dm.label_names[item["labels"]], item["where"]
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["input_features"].shape[0] == 4 and batch["labels"].shape == (4,)
+    broken = write_saved_audio_dataset(tmp_path / "broken", per_class=3, broken_train_row=4)
+    with pytest.raises(DataError, match=r"broken \[train\] row 5: field 'audio': not a readable audio file"):
+        SFTDataModule(task="audio_classification", train_file=str(broken), input_spec=audio_input_spec(tiny_whisper_dir),
+                      max_seconds=1.0).setup("fit")
+
+
+def test_hugging_face_audio_dataset_trains(tmp_path, tiny_whisper_dir):
+    saved = write_saved_audio_dataset(tmp_path / "saved", per_class=12)
+    metrics = train(compose_config("train", audio_overrides(saved, tiny_whisper_dir, ["data=audio_csv"]), tmp_path / "run"))
+    assert metrics["test/acc"] >= 0.8, metrics  # three balanced classes: chance is 1/3
+    assert {f"test/f1_{name}" for name in TONES} <= set(metrics)
+
+
 # -- augmentation: training only -----------------------------------------------------------------------
 @pytest.mark.parametrize("augment", [{"shift_seconds": 0.2}, {"gain_db": 6.0}, {"noise_prob": 1.0},
                                      {"speed": [0.8, 1.2]}, {"random_crop": True}])

@@ -64,17 +64,19 @@ class MisclassifiedAudio(L.Callback):
         processor = trainer.datamodule.processor
         rate = int(processor.input["sample_rate"])
         samples = int(round(processor.max_seconds * rate))
-        sources = {ex["row"]: ex["audio"] for ex in trainer.datamodule.encoded("val").examples}
+        val = trainer.datamodule.encoded("val")
+        position = {ex["row"]: k for k, ex in enumerate(val.examples)}
+        items = val.__getitems__([position[miss.row] for miss in self.misses])  # embedded clips read here
         names = pl_module.label_names
         writer = self._writer(trainer)
         lines = ["| # | clip | label | predicted | p(predicted) | p(label) |", "|---|---|---|---|---|---|"]
-        for k, miss in enumerate(self.misses):
-            source = sources[miss.row]
-            wave = load_audio(source, rate) if isinstance(source, str) else np.asarray(source, dtype=np.float32)
+        for k, (miss, item) in enumerate(zip(self.misses, items)):
+            source = item["audio"]
+            wave = load_audio(source, rate) if isinstance(source, (str, bytes)) else np.asarray(source, dtype=np.float32)
             wave = np.clip(wave[:samples], -1.0, 1.0)  # the first max_seconds: what eval hears
             writer.add_audio(f"val/misclassified_audio/{k}", torch.from_numpy(wave)[None], trainer.global_step,
                              sample_rate=rate)
-            where = source if isinstance(source, str) else f"record {miss.row}"
+            where = source if isinstance(source, str) else item.get("where", f"record {miss.row}")
             lines.append(f"| {k} | {where} | {names[miss.label]} | {names[miss.predicted]} | "
                          f"{miss.p_predicted:.3f} | {miss.p_label:.3f} |")
         writer.add_text("val/misclassified_audio", "\n".join(lines), trainer.global_step)

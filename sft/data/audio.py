@@ -2,7 +2,10 @@
 
 Sources (`read_source`):
 - a folder with one subfolder per class (like image_folder), clips found recursively;
-- a CSV/TSV/JSON/JSONL/Parquet file of `path,label` records, paths relative to that file.
+- a CSV/TSV/JSON/JSONL/Parquet file of `path,label` records, paths relative to that file;
+- a Hugging Face dataset (`hf:` or a save_to_disk folder) with an Audio column: its encoded
+  bytes are checked at setup and then read per batch from the dataset's Arrow file
+  (sft.data.sources.EmbeddedBytes), never copied into the examples.
 
 Clips are decoded with soundfile (WAV, FLAC, OGG/Vorbis/Opus, MP3 where libsndfile has it), mixed
 to mono and resampled with soxr to the backbone's rate, in the DataLoader workers (the collator).
@@ -20,6 +23,7 @@ What the backbone expects (rate, feature extractor) comes from the model side as
 
 from __future__ import annotations
 
+import io
 import logging
 import math
 import os
@@ -33,7 +37,8 @@ import numpy as np
 import torch
 
 from sft.data.processor import Processor
-from sft.data.sources import DataError, Table, is_saved_dataset, read_class_folder, read_table
+from sft.data.sources import (ROW, ArrowTable, DataError, EmbeddedBytes, Table, is_embedded, is_saved_dataset,
+                              read_class_folder, read_table)
 from sft.data.text_classification import in_source_order, label_id, label_key
 
 log = logging.getLogger(__name__)
@@ -85,12 +90,12 @@ def read_source(path, key: str = "data file", encoding: str = "utf-8") -> Table:
 
 
 # -- decoding -------------------------------------------------------------------------------------
-def read_audio(path: str) -> tuple[np.ndarray, int]:
-    """(mono float32 samples, sample rate) of a whole file; raises on a missing, empty, truncated
-    or undecodable one."""
+def read_audio(source: str | bytes) -> tuple[np.ndarray, int]:
+    """(mono float32 samples, sample rate) of a whole file, or of its bytes; raises on a missing,
+    empty, truncated or undecodable one."""
     import soundfile as sf
 
-    with sf.SoundFile(path) as f:
+    with sf.SoundFile(io.BytesIO(source) if isinstance(source, bytes) else source) as f:
         expected = f.frames
         data = f.read(dtype="float32", always_2d=True)
         rate = f.samplerate
@@ -114,9 +119,9 @@ def resample(wave: np.ndarray, rate: int, target: int) -> np.ndarray:
     return soxr.resample(wave, rate, target, quality="HQ").astype(np.float32, copy=False)
 
 
-def load_audio(path: str, sample_rate: int) -> np.ndarray:
-    """Mono float32 samples of a file at `sample_rate`."""
-    wave, rate = read_audio(path)
+def load_audio(source: str | bytes, sample_rate: int) -> np.ndarray:
+    """Mono float32 samples of a file (or its bytes) at `sample_rate`."""
+    wave, rate = read_audio(source)
     return resample(wave, rate, sample_rate)
 
 
@@ -211,11 +216,12 @@ class AudioCollator:
 
     def wave(self, item: dict) -> tuple[np.ndarray, int]:
         source = item["audio"]
-        if isinstance(source, str):
+        if isinstance(source, (str, bytes)):
             try:
                 source = load_audio(source, self.sample_rate)
             except Exception as e:  # in a DataLoader worker: name the file, not only the worker
-                raise DataError(f"{item['audio']}: could not be read while loading a batch ({type(e).__name__}: {e}); "
+                name = item["audio"] if isinstance(item["audio"], str) else item.get("where", "a clip")
+                raise DataError(f"{name}: could not be read while loading a batch ({type(e).__name__}: {e}); "
                                 "it was readable when the data was checked, so it changed or is unreadable now") from e
         wave = np.asarray(source, dtype=np.float32)
         if self.wave_augment is not None:
@@ -365,8 +371,8 @@ class AudioClassificationProcessor(Processor):
         if self.label_names is None:
             train.require_columns({"data.label_column": self.label_column})
             keys = set()
-            for i, row in enumerate(train.rows):
-                key = label_key(row.get(self.label_column))
+            for i, value in enumerate(train.column_values(self.label_column)):  # no clip read
+                key = label_key(value)
                 if key is None:
                     raise DataError(f"{train.where(i)}: field {self.label_column!r} is empty; every training clip needs a label")
                 keys.add(key)
@@ -375,10 +381,24 @@ class AudioClassificationProcessor(Processor):
             self.label_names = in_source_order(train.class_order(self.label_column), keys)
         return self.label_names
 
-    def _audio_path(self, table: Table, i: int) -> str:
-        value = table.rows[i].get(self.audio_column)
+    def _column(self, table: Table) -> str:
+        """The clip field: data.audio_column, or a Hugging Face dataset's first Audio column when the
+        dataset has no field of that name."""
+        if self.audio_column in table.columns or not len(table.rows):
+            return self.audio_column
+        first = table.rows[0]
+        return next((c for c in table.columns if is_embedded(first.get(c))), self.audio_column)
+
+    def _audio_source(self, table: Table, i: int) -> str | bytes:
+        """The clip's path, or its bytes where the source embeds them."""
+        column = self._column(table)
+        value = table.rows[i].get(column)
+        if is_embedded(value):
+            if value["bytes"] is not None:
+                return value["bytes"]
+            value = value["path"]  # an Audio column that refers to files
         if value is None or (isinstance(value, str) and not value.strip()):
-            raise DataError(f"{table.where(i)}: field {self.audio_column!r} is empty; expected an audio file path "
+            raise DataError(f"{table.where(i)}: field {column!r} is empty; expected an audio file path "
                             f"(set data.audio_column to the field holding it)")
         path = Path(str(value))
         if not path.is_absolute():  # relative to the file that lists it
@@ -387,12 +407,12 @@ class AudioClassificationProcessor(Processor):
         return str(path)
 
     @staticmethod
-    def _check(path: str) -> tuple[Optional[str], float]:
+    def _check(source: str | bytes) -> tuple[Optional[str], float]:
         """(problem or None, duration in seconds): the whole file is decoded once, up front."""
-        if not os.path.isfile(path):
+        if isinstance(source, str) and not os.path.isfile(source):
             return "file not found", 0.0
         try:
-            wave, rate = read_audio(path)
+            wave, rate = read_audio(source)
         except Exception as e:  # soundfile raises several types for unreadable, empty or truncated files
             return f"not a readable audio file ({type(e).__name__}: {e})", 0.0
         return None, len(wave) / rate
@@ -401,29 +421,38 @@ class AudioClassificationProcessor(Processor):
         if count == 0:
             raise DataError(f"{table.path}: no readable audio files left after skipping {report.skipped} bad ones")
 
+    def batch_source(self, table: Table):
+        if not isinstance(table, ArrowTable) or ROW not in table.dataset.column_names or not len(table):
+            return None
+        column = self._column(table)
+        return EmbeddedBytes(table, column, "audio") if is_embedded(table.rows[0].get(column)) else None
+
     def record_fields(self, table: Table, index: int, example: dict) -> dict:
         return {"audio": example["audio"]}
 
     def encode(self, table: Table, with_labels: bool = True) -> tuple[list[dict], AudioReport]:
         assert self.label_names is not None, "fit() builds the label map before encode()"
-        table.require_columns({"data.audio_column": self.audio_column})
+        column = self._column(table)
+        table.require_columns({"data.audio_column": column})
         if with_labels:
             table.require_columns({"data.label_column": self.label_column})
-        paths = [self._audio_path(table, i) for i in range(len(table))]
+        sources = [self._audio_source(table, i) for i in range(len(table))]
         with ThreadPoolExecutor(max(1, self.check_workers)) as pool:
-            checks = list(pool.map(self._check, paths))
+            checks = list(pool.map(self._check, sources))
         index = {name: k for k, name in enumerate(self.label_names)}
         examples, report = [], AudioReport(max_seconds=self.max_seconds)
-        for i, (path, (problem, seconds)) in enumerate(zip(paths, checks)):
+        for i, (source, (problem, seconds)) in enumerate(zip(sources, checks)):
             if problem:
-                where = f"{table.where(i)}: field {self.audio_column!r}: {path}: {problem}"
+                shown = f"{source}: " if isinstance(source, str) else ""
+                where = f"{table.where(i)}: field {column!r}: {shown}{problem}"
                 if self.on_bad_audio == "error":
                     raise DataError(f"{where}. Fix or remove it, or set data.on_bad_audio=skip to skip bad files "
                                     f"(they are counted in data_report.json)")
                 report.skipped += 1
                 report.bad_files.append(where)
                 continue
-            example: dict = {"audio": path, "row": i}
+            # embedded bytes are read again per batch (EmbeddedBytes), not copied into the examples
+            example: dict = {"audio": source if isinstance(source, str) else None, "row": i}
             if with_labels:
                 example["labels"] = label_id(table, i, self.label_column, index)
             examples.append(example)

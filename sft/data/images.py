@@ -4,7 +4,7 @@ Sources (`read_source`):
 - a folder with one subfolder per class (ImageFolder layout);
 - a CSV/TSV/JSON/JSONL/Parquet file of `path,label` records, paths relative to that file;
 - a Hugging Face dataset (`hf:` or a save_to_disk folder) with an Image column: its encoded
-  bytes stay in the dataset's Arrow file and are read per batch (`EmbeddedImages`);
+  bytes stay in the dataset's Arrow file and are read per batch (sft.data.sources.EmbeddedBytes);
 - an `.npz` of decoded arrays (`images` uint8 (N, H, W[, C]), `labels`, optional `label_names`),
   as the catalog's array data sets are prepared: decoded once, never per epoch.
 
@@ -28,7 +28,8 @@ import numpy as np
 import torch
 
 from sft.data.processor import Processor
-from sft.data.sources import ROW, ArrowTable, DataError, Table, is_saved_dataset, read_class_folder, read_table
+from sft.data.sources import (ROW, ArrowTable, DataError, EmbeddedBytes, Table, is_embedded, is_saved_dataset,
+                              read_class_folder, read_table)
 from sft.data.text_classification import in_source_order, label_id, label_key
 
 log = logging.getLogger(__name__)
@@ -254,32 +255,6 @@ DEFAULT_INPUT = {"channels": 3, "size": 224, "mean": [0.485, 0.456, 0.406], "std
                  "interpolation": "bilinear", "crop_pct": 0.875}
 
 
-def _is_embedded(value) -> bool:
-    """A Hugging Face Image value read undecoded: {"bytes": ..., "path": ...}."""
-    return isinstance(value, dict) and "bytes" in value and "path" in value
-
-
-class EmbeddedImages:
-    """Completes a batch of examples whose images are bytes in the split's Arrow file: one read
-    of those rows' image column per batch, in the DataLoader worker, nothing decoded here and
-    nothing copied at setup. Each example also gets its record's location, for errors."""
-
-    def __init__(self, table: ArrowTable, column: str):
-        self.origin = table.origin
-        self.rows = table.dataset.select_columns([column, ROW])
-        self.column = column
-
-    def __call__(self, items: list[dict]) -> list[dict]:
-        wanted = [k for k, item in enumerate(items) if item["image"] is None]
-        if not wanted:
-            return items
-        read = self.rows[[items[k]["row"] for k in wanted]]
-        items = list(items)
-        for k, value, row in zip(wanted, read[self.column], read[ROW]):
-            items[k] = {**items[k], "image": value["bytes"], "where": f"{self.origin} row {row + 1}"}
-        return items
-
-
 class ImageClassificationProcessor(Processor):
     """One label per image. `input_spec` is what the backbone was pretrained on (from the model
     side: sft.models.image_backbones.image_data_config); `image_size`, `mean`, ... override it."""
@@ -344,14 +319,14 @@ class ImageClassificationProcessor(Processor):
         first = table.rows[0]
         if isinstance(first.get("image"), np.ndarray):
             return "image"
-        return next((c for c in table.columns if _is_embedded(first.get(c))), self.image_column)
+        return next((c for c in table.columns if is_embedded(first.get(c))), self.image_column)
 
     def _image_source(self, table: Table, i: int):
         """An image path, an array, or None for bytes embedded in the source (read per batch)."""
         value = table.rows[i].get(self._column(table))
         if isinstance(value, np.ndarray):
             return value
-        if _is_embedded(value):
+        if is_embedded(value):
             if value["bytes"] is not None:
                 return None
             value = value["path"]  # an Image column that refers to files
@@ -385,7 +360,7 @@ class ImageClassificationProcessor(Processor):
         if not isinstance(table, ArrowTable) or ROW not in table.dataset.column_names or not len(table):
             return None
         column = self._column(table)
-        return EmbeddedImages(table, column) if _is_embedded(table.rows[0].get(column)) else None
+        return EmbeddedBytes(table, column, "image") if is_embedded(table.rows[0].get(column)) else None
 
     def record_fields(self, table: Table, index: int, example: dict) -> dict:
         return {"image": example["image"] if isinstance(example["image"], str) else None}

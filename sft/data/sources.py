@@ -386,6 +386,33 @@ class ArrowTable(Table):
         return ArrowTable(self.path, dataset, self.columns, None, self.class_names, self._fingerprint)
 
 
+def is_embedded(value) -> bool:
+    """A Hugging Face Image or Audio value read undecoded: {"bytes": ..., "path": ...}."""
+    return isinstance(value, dict) and "bytes" in value and "path" in value
+
+
+class EmbeddedBytes:
+    """Completes a batch of examples whose media (images, clips) are bytes in the split's Arrow
+    file, so that they need not be copied into the examples: one read of those rows' `column`
+    per batch (in the DataLoader worker) puts the bytes under `field`, and the record's location
+    under `where` for errors. Examples still to complete hold None under `field`."""
+
+    def __init__(self, table: ArrowTable, column: str, field: str):
+        self.origin = table.origin
+        self.rows = table.dataset.select_columns([column, ROW])
+        self.column, self.field = column, field
+
+    def __call__(self, items: list[dict]) -> list[dict]:
+        wanted = [k for k, item in enumerate(items) if item[self.field] is None]
+        if not wanted:
+            return items
+        read = self.rows[[items[k]["row"] for k in wanted]]
+        items = list(items)
+        for k, value, row in zip(wanted, read[self.column], read[ROW]):
+            items[k] = {**items[k], self.field: value["bytes"], "where": f"{self.origin} row {row + 1}"}
+        return items
+
+
 class StreamRows:
     """The records of a StreamTable, read from the files on each pass (no length, no random access)."""
 
