@@ -403,6 +403,30 @@ def test_jsonl_tokens_and_all_subword_labels(tiny_tagger_dir, tmp_path):
     assert every["word_index"] == [-1, 0, 1, 2, 3, -1, -1, 4, -1, -1]
 
 
+def test_class_label_lists_read_as_names_for_ner_and_multilabel(tiny_tagger_dir, tiny_model_dir, tmp_path):
+    """Hugging Face datasets keep NER tags (conll2003's ner_tags) and label sets (go_emotions) as lists
+    of ClassLabel ids: they read as the tag and label names."""
+    from datasets import ClassLabel, Dataset, List
+
+    tags = ClassLabel(names=["O", "B-PER", "I-PER", "B-LOC", "I-LOC"])
+    Dataset.from_dict({"tokens": [["we", "met", "mr", "abc", "de"], ["in", "xyz"]], "ner_tags": [[0, 0, 0, 1, 2], [0, 3]]}
+                      ).cast_column("ner_tags", List(tags)).save_to_disk(str(tmp_path / "ner"))
+    dm = SFTDataModule(task="token_classification", tokenizer=tiny_tagger_dir, train_file=str(tmp_path / "ner"),
+                       val_file=str(tmp_path / "ner"), test_file=str(tmp_path / "ner"), text_column="tokens",
+                       label_column="ner_tags")
+    assert dm.label_names == ["O", "B-LOC", "I-LOC", "B-PER", "I-PER"]
+    first = dm.encoded("train").examples[0]
+    assert [dm.label_names[k] for k in first["labels"] if k != -100] == ["O", "O", "O", "B-PER", "I-PER"]
+
+    moods = ClassLabel(names=["joy", "anger", "calm"])  # not alphabetical
+    Dataset.from_dict({"text": ["a great film", "a dull plot", "quite charming"], "labels": [[0, 2], [1], [0]]}
+                      ).cast_column("labels", List(moods)).save_to_disk(str(tmp_path / "moods"))
+    dm = SFTDataModule(task="multilabel_classification", tokenizer=tiny_model_dir, train_file=str(tmp_path / "moods"),
+                       val_file=str(tmp_path / "moods"), test_file=str(tmp_path / "moods"), label_column="labels")
+    assert dm.label_names == ["joy", "anger", "calm"]
+    assert [e["labels"] for e in dm.encoded("train").examples] == [[1, 0, 1], [0, 1, 0], [1, 0, 0]]
+
+
 @pytest.mark.parametrize("content, options, message", [
     ("we O\nmet O\nmr O B-PER\n", {}, r":3: 3 columns, expected 2 as on line 1"),
     ("we O\nmr O\nabc E-PER\n", {"tag_scheme": "BIO"}, r":3: tag 'E-PER' is not a BIO tag"),

@@ -7,7 +7,7 @@ The label field is a list (JSON, JSONL, Parquet) or a string joined by `label_se
 from __future__ import annotations
 
 from sft.data.sources import DataError, Table
-from sft.data.text_classification import TextClassificationProcessor, label_key, sorted_labels
+from sft.data.text_classification import TextClassificationProcessor, in_source_order, label_key
 
 
 class MultiLabelProcessor(TextClassificationProcessor):
@@ -46,7 +46,7 @@ class MultiLabelProcessor(TextClassificationProcessor):
             if len(keys) < 2:
                 raise DataError(f"{train.path}: field {self.label_column!r} has only the labels {sorted(keys)}; "
                                 f"multi-label classification needs at least two")
-            self.label_names = sorted_labels(keys)
+            self.label_names = in_source_order(train.class_order(self.label_column), keys)
         return self.label_names
 
     def encode(self, table: Table, with_labels: bool = True):

@@ -251,9 +251,19 @@ def read_table(path: Union[str, Path, Sequence], key: str = "data file", encodin
 WHERE, RECORD, ROW = "__where", "__record", "__row"
 
 
-def class_name(classes: list[str], value) -> Optional[str]:
-    """A ClassLabel id as its class name; an id outside the classes (-1: unlabelled) is an empty label."""
+def class_name(classes: list[str], value) -> Any:
+    """A ClassLabel id as its class name (a list of ids, as a List(ClassLabel) column holds them, as
+    a list of names); an id outside the classes (-1: unlabelled) is an empty label."""
+    if isinstance(value, list):
+        return [class_name(classes, v) for v in value]
     return classes[value] if isinstance(value, int) and 0 <= value < len(classes) else None
+
+
+def class_label_names(feature) -> Optional[list[str]]:
+    """The class names of a ClassLabel feature, or of a list of them (NER tags, multi-label sets)."""
+    if type(feature).__name__ in ("Sequence", "List", "LargeList"):
+        feature = getattr(feature, "feature", None)
+    return list(feature.names) if type(feature).__name__ == "ClassLabel" else None
 
 
 class ArrowRows(Sequence):
@@ -543,9 +553,8 @@ def hf_table(dataset, origin: str, path: str) -> ArrowTable:
         # Image and Audio columns stay encoded ({"bytes", "path"}): the tasks decode them per batch, in the workers
         if type(feature).__name__ in ("Image", "Audio") and getattr(feature, "decode", False):
             dataset = dataset.cast_column(name, type(feature)(decode=False))
-    # ClassLabel columns: read as names, in the dataset's own class order
-    class_names = {name: list(feature.names) for name, feature in features.items()
-                   if type(feature).__name__ == "ClassLabel"}
+    # ClassLabel columns (and lists of them): read as names, in the dataset's own class order
+    class_names = {name: names for name, names in ((n, class_label_names(f)) for n, f in features.items()) if names}
     columns = [c for c in dataset.column_names if c != ROW]
     if not len(dataset):
         raise DataError(f"{origin}: holds no records")
