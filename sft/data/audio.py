@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from sft.data.processor import Processor
-from sft.data.sources import (ROW, ArrowTable, DataError, EmbeddedBytes, Table, is_embedded, is_saved_dataset,
+from sft.data.sources import (DataError, Table, embedded_bytes, is_embedded, is_saved_dataset, media_column,
                               read_class_folder, read_table)
 from sft.data.text_classification import in_source_order, label_id, label_key
 
@@ -384,10 +384,7 @@ class AudioClassificationProcessor(Processor):
     def _column(self, table: Table) -> str:
         """The clip field: data.audio_column, or a Hugging Face dataset's first Audio column when the
         dataset has no field of that name."""
-        if self.audio_column in table.columns or not len(table.rows):
-            return self.audio_column
-        first = table.rows[0]
-        return next((c for c in table.columns if is_embedded(first.get(c))), self.audio_column)
+        return media_column(table, self.audio_column)
 
     def _audio_source(self, table: Table, i: int) -> str | bytes:
         """The clip's path, or its bytes where the source embeds them."""
@@ -422,10 +419,7 @@ class AudioClassificationProcessor(Processor):
             raise DataError(f"{table.path}: no readable audio files left after skipping {report.skipped} bad ones")
 
     def batch_source(self, table: Table):
-        if not isinstance(table, ArrowTable) or ROW not in table.dataset.column_names or not len(table):
-            return None
-        column = self._column(table)
-        return EmbeddedBytes(table, column, "audio") if is_embedded(table.rows[0].get(column)) else None
+        return embedded_bytes(table, self._column(table), "audio")
 
     def record_fields(self, table: Table, index: int, example: dict) -> dict:
         return {"audio": example["audio"]}

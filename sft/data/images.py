@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from sft.data.processor import Processor
-from sft.data.sources import (ROW, ArrowTable, DataError, EmbeddedBytes, Table, is_embedded, is_saved_dataset,
+from sft.data.sources import (DataError, Table, embedded_bytes, is_embedded, is_saved_dataset, media_column,
                               read_class_folder, read_table)
 from sft.data.text_classification import in_source_order, label_id, label_key
 
@@ -314,12 +314,9 @@ class ImageClassificationProcessor(Processor):
     def _column(self, table: Table) -> str:
         """The image field: data.image_column; where the source has no such field, the `image` of an
         array data set (it has no paths) or a Hugging Face dataset's first Image column."""
-        if self.image_column in table.columns or not len(table.rows):
-            return self.image_column
-        first = table.rows[0]
-        if isinstance(first.get("image"), np.ndarray):
+        if self.image_column not in table.columns and len(table.rows) and isinstance(table.rows[0].get("image"), np.ndarray):
             return "image"
-        return next((c for c in table.columns if is_embedded(first.get(c))), self.image_column)
+        return media_column(table, self.image_column)
 
     def _image_source(self, table: Table, i: int):
         """An image path, an array, or None for bytes embedded in the source (read per batch)."""
@@ -357,10 +354,7 @@ class ImageClassificationProcessor(Processor):
             raise DataError(f"{table.path}: no readable images left after skipping {report.skipped} bad ones")
 
     def batch_source(self, table: Table):
-        if not isinstance(table, ArrowTable) or ROW not in table.dataset.column_names or not len(table):
-            return None
-        column = self._column(table)
-        return EmbeddedBytes(table, column, "image") if is_embedded(table.rows[0].get(column)) else None
+        return embedded_bytes(table, self._column(table), "image")
 
     def record_fields(self, table: Table, index: int, example: dict) -> dict:
         return {"image": example["image"] if isinstance(example["image"], str) else None}

@@ -401,6 +401,22 @@ def is_embedded(value) -> bool:
     return isinstance(value, dict) and "bytes" in value and "path" in value
 
 
+def media_column(table: Table, configured: str) -> str:
+    """`configured` (data.image_column, data.audio_column); where the source has no such field, its
+    first column of embedded media (a Hugging Face Image or Audio column)."""
+    if configured in table.columns or not len(table.rows):
+        return configured
+    first = table.rows[0]
+    return next((c for c in table.columns if is_embedded(first.get(c))), configured)
+
+
+def embedded_bytes(table: Table, column: str, field: str) -> Optional["EmbeddedBytes"]:
+    """The batch completer of a split whose `column` holds embedded media (None: it holds paths)."""
+    if not isinstance(table, ArrowTable) or ROW not in table.dataset.column_names or not len(table):
+        return None
+    return EmbeddedBytes(table, column, field) if is_embedded(table.rows[0].get(column)) else None
+
+
 class EmbeddedBytes:
     """Completes a batch of examples whose media (images, clips) are bytes in the split's Arrow
     file, so that they need not be copied into the examples: one read of those rows' `column`
