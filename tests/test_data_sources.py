@@ -205,6 +205,29 @@ def test_stream_covers_each_record_once_across_workers_and_ranks(tmp_path):
     assert not seen[0] & seen[1] and len(seen[0] | seen[1]) == 300
 
 
+def test_stream_shards_take_every_nth_record_and_parse_only_their_own(tmp_path):
+    from sft.data.sources import StreamTable
+
+    first = tmp_path / "a.jsonl"
+    first.write_text("".join(json.dumps({"text": f"r{i}", "label": "x"}) + "\n" + ("\n" if i == 2 else "")
+                             for i in range(5)))  # a blank line is no record
+    second = write_sentiment_csv(tmp_path / "b.csv", rows=4)
+    table = StreamTable([first, second], "data.train_file")
+    everything = list(table.records())
+    assert len(everything) == 9 and everything[3][0] == f"{first}:5" and everything[5][0] == f"{second}:2"
+    for shards in (1, 2, 3):
+        parts = [list(table.records(shard, shards)) for shard in range(shards)]
+        assert [everything[i::shards] for i in range(shards)] == parts
+    assert list(table.records(1, 2, limit=6)) == everything[1:6:2]
+    # a broken line is the error of the shard that owns it, named by file and line; the others never parse it
+    lines = first.read_text().splitlines()
+    lines[4] = "{not json"  # record 3: shard 1 of 2
+    first.write_text("\n".join(lines) + "\n")
+    assert [where for where, _ in table.records(0, 2)] == [where for where, _ in everything[0::2]]
+    with pytest.raises(DataError, match=rf"{first}:5: not valid JSON"):
+        list(table.records(1, 2))
+
+
 def test_stream_resumes_with_the_same_batches(tmp_path):
     kwargs = stream_kwargs(tmp_path)
     for workers in (0, 2):

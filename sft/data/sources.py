@@ -23,7 +23,7 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence, Union
+from typing import Any, Callable, Iterator, Optional, Sequence, Union
 
 from sft.data.conll import read_conll
 from sft.errors import DataError
@@ -120,10 +120,15 @@ def _read_delimited(path: Path, opener, delimiter: str, encoding: str) -> Iterat
             start = reader.line_num + 1
 
 
-def _read_jsonl(path: Path, opener, encoding: str) -> Iterator[tuple[str, dict]]:
+def _read_jsonl(path: Path, opener, encoding: str, wanted: Optional[Callable[[], bool]] = None
+                ) -> Iterator[tuple[str, Optional[dict]]]:
+    """(location, record) per non-blank line; a line `wanted()` declines is yielded unparsed, with None."""
     with opener(path, "rt", encoding=encoding) as f:
         for number, line in enumerate(f, start=1):
             if not line.strip():
+                continue
+            if wanted is not None and not wanted():
+                yield "", None
                 continue
             try:
                 record = json.loads(line)
@@ -185,14 +190,17 @@ def decode_error(path: Path, opener, error: UnicodeDecodeError, encoding: str = 
                      f"utf8-{path.name}`)")
 
 
-def iter_records(path: Path, encoding: str = "utf-8") -> Iterator[tuple[str, dict]]:
-    """(location, record) for each record of one file, parsed by its extension."""
+def iter_records(path: Path, encoding: str = "utf-8", wanted: Optional[Callable[[], bool]] = None
+                 ) -> Iterator[tuple[str, Any]]:
+    """(location, record) for each record of one file, parsed by its extension. `wanted`, where
+    given, is asked before each JSONL record is parsed; one it declines comes as ("", None),
+    unparsed (a stream shard passing over the other shards' records)."""
     kind, opener = file_format(path)
     text_encoding = "utf-8-sig" if encoding.lower().replace("_", "-") in ("utf-8", "utf8") else encoding
     if kind in ("csv", "tsv"):
         records = _read_delimited(path, opener, "," if kind == "csv" else "\t", text_encoding)
     elif kind == "jsonl":
-        records = _read_jsonl(path, opener, text_encoding)
+        records = _read_jsonl(path, opener, text_encoding, wanted)
     elif kind == "json":
         records = _read_json(path, opener, text_encoding)
     elif kind == "conll":
@@ -476,9 +484,21 @@ class StreamTable(Table):
         self.columns = list(first[1])
         self.rows = StreamRows(self)  # type: ignore[assignment]
 
-    def records(self) -> Iterator[tuple[str, dict]]:
+    def records(self, shard: int = 0, shards: int = 1, limit: Optional[int] = None) -> Iterator[tuple[str, dict]]:
+        """The records i (counted over all the files) with i mod `shards` == `shard`, of the first
+        `limit`; JSONL lines of other shards are passed over without being parsed."""
+        position = [0]  # the index of the record being read
+
+        def mine() -> bool:
+            return position[0] % shards == shard
+
         for file in self.files:
-            yield from iter_records(file, self.encoding)
+            for where, record in iter_records(file, self.encoding, mine if shards > 1 else None):
+                if limit is not None and position[0] >= limit:
+                    return
+                if mine():
+                    yield where, record
+                position[0] += 1
 
     def head(self, count: int) -> Table:
         """The first `count` records, in memory."""

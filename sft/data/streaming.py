@@ -62,10 +62,7 @@ class StreamedBatches(IterableDataset):
         return self.rank * workers + worker, self.world_size * workers, worker, workers
 
     def _records(self, shard: int, shards: int) -> Iterator[tuple[str, dict]]:
-        records = self.table.records()
-        if self.max_records:
-            records = itertools.islice(records, self.max_records)
-        return itertools.islice(records, shard, None, shards)
+        return self.table.records(shard, shards, self.max_records or None)
 
     def _rows(self, examples: list[dict], rng: np.random.Generator) -> list[dict]:
         examples = [examples[i] for i in rng.permutation(len(examples))]
