@@ -301,6 +301,31 @@ def test_streamed_ddp_ranks_with_unequal_batches_keep_training_past_the_stream_e
     assert output.count("1 micro-batch(es) at the end of this pass left untrained on this rank") == 2, output[-3000:]
 
 
+def test_stream_resumes_exactly_after_a_worker_ran_out(tmp_path):
+    """Worker 0 gets the long conversations (many packed rows), worker 1 the short ones, so worker 1
+    runs out first and the DataLoader's turns change there; a resume from any point of the pass,
+    with the per-worker counts a checkpoint records, still continues with the same batches."""
+    kwargs = stream_kwargs(tmp_path)
+    skewed = tmp_path / "skewed.jsonl"
+    with open(skewed, "w") as f:
+        for i in range(120):
+            answer = " ".join(["red"] * (25 if i % 2 == 0 else 2))
+            f.write(json.dumps({"messages": [{"role": "user", "content": "hi"},
+                                             {"role": "assistant", "content": answer}]}) + "\n")
+    kwargs["train_file"] = str(skewed)
+    dm = SFTDataModule(**kwargs, num_workers=2)
+    dm.setup("fit")
+    straight = stream_batches(dm)
+    taken = dm._stream.taken  # the worker of each batch, in the order trained
+    assert taken[:4] == [0, 1, 0, 1] and taken[-3:] == [0, 0, 0]  # worker 1 ran out well before the end
+    for done in range(len(straight)):
+        resumed = SFTDataModule(**kwargs, num_workers=2)
+        resumed.load_state_dict({"train_order": {"epoch": 0, "batches_done": done,
+                                                 "worker_batches": dm._stream.trained_counts(done)}})
+        resumed.setup("fit")
+        assert stream_batches(resumed) == straight[done:], done
+
+
 def test_streamed_training_runs_and_needs_max_steps(tiny_model_dir, tmp_path):
     from lightning.pytorch.callbacks import Callback
 

@@ -93,6 +93,35 @@ def test_resume_is_exact(tiny_model_dir, sentiment_csv, tmp_path):
     assert again >= datetime.datetime.fromisoformat(launches[1]["started"])
 
 
+def test_streamed_resume_is_exact_with_workers(tiny_model_dir, sentiment_csv, tmp_path):
+    """data.streaming with two DataLoader workers: 320 records, 20 batches a pass; a crash at step 25
+    (in the second pass) and a resume see the batches and end with the weights of an uninterrupted run."""
+    from tests.conftest import write_sentiment_csv
+
+    held = write_sentiment_csv(tmp_path / "held.csv", rows=32, seed=3)
+    streamed = ["trainer.max_steps=30", "trainer.max_epochs=5", "trainer.val_check_interval=10", "callbacks.early_stopping=null",
+                "callbacks.periodic_checkpoint.every_n_train_steps=5", "data.streaming=true", "data.num_workers=2",
+                f"data.val_file={held}", f"data.test_file={held}"]
+    straight_probe = Final()
+    straight = train(compose_config("train", tiny_overrides(tiny_model_dir, sentiment_csv, streamed), tmp_path / "straight"),
+                     extra_callbacks=[straight_probe])
+    run_dir = tmp_path / "interrupted"
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(compose_config("train", tiny_overrides(tiny_model_dir, sentiment_csv, streamed), run_dir),
+              extra_callbacks=[Crash(step=25)])
+    saved = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["SFTDataModule"]["train_order"]
+    assert saved["epoch"] == 1 and saved["batches_done"] == 5 and sum(saved["worker_batches"]) == 5
+    resumed_probe = Final()
+    resumed = train(compose_config("train", tiny_overrides(tiny_model_dir, sentiment_csv, streamed + [f"resume={run_dir}"]),
+                                   run_dir), extra_callbacks=[resumed_probe])
+    assert resumed_probe.start_step == 25 and len(resumed_probe.batches) == 5
+    for mine, theirs in zip(resumed_probe.batches, straight_probe.batches[25:]):
+        assert torch.equal(mine, theirs)
+    for name, value in straight_probe.params.items():
+        assert torch.equal(resumed_probe.params[name], value), name
+    assert resumed == pytest.approx(straight)
+
+
 def test_run_records_in_dir_and_checkpoint(make_train_cfg):
     cfg = make_train_cfg(["trainer.max_steps=2", "trainer.val_check_interval=2"])
     train(cfg)

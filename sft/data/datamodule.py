@@ -406,12 +406,19 @@ class SFTDataModule(L.LightningDataModule):
             pack_length=hp.max_length if getattr(self.options, "packing", False) else None,
             max_records=hp.max_train_records)
         if self._resume_order:
-            stream.epoch, stream.skip_batches = self._resume_order["epoch"], self._resume_order["batches_done"]
+            order = self._resume_order
+            workers = max(1, self.num_workers)
+            # per worker, the batches trained (checkpoints before this record only the total: the workers took turns)
+            stream.epoch = order["epoch"]
+            stream.skip_counts = order.get("worker_batches") or [len(range(w, order["batches_done"], workers))
+                                                                 for w in range(workers)]
             self._resume_order = None
         self._stream = stream
         return EpochLoader(stream, accumulate=trainer.accumulate_grad_batches if trainer is not None else 1,
                            step_normalized=self.processor.step_normalized, batch_size=None,
-                           num_workers=self.num_workers, pin_memory=torch.cuda.is_available())
+                           num_workers=self.num_workers, pin_memory=torch.cuda.is_available(),
+                           # its own generator, as for files: a pass starting never draws from the global RNG
+                           generator=torch.Generator().manual_seed(self._order_seed()))
 
     def train_dataloader(self) -> DataLoader:
         if self.hparams.streaming:
@@ -440,8 +447,9 @@ class SFTDataModule(L.LightningDataModule):
             state["train_order"] = {"epoch": self._train_sampler.epoch,
                                     "batches_done": trainer.fit_loop.epoch_loop.batch_progress.current.processed}
         elif self._stream is not None and trainer is not None:
-            state["train_order"] = {"epoch": trainer.current_epoch,
-                                    "batches_done": trainer.fit_loop.epoch_loop.batch_progress.current.processed}
+            trained = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+            state["train_order"] = {"epoch": trainer.current_epoch, "batches_done": trained,
+                                    "worker_batches": self._stream.trained_counts(trained)}
         return state
 
     def load_state_dict(self, state_dict: dict) -> None:

@@ -7,10 +7,12 @@ its records in chunks with the task's processor (the same checks and errors, nam
 line), shuffles within the chunk by (seed, epoch, shard), packs causal_lm examples into rows of
 max_length when data.packing is on, and yields whole collated batches.
 
-Resuming mid-epoch: the order is a function of (seed, epoch, shard) alone, and the DataLoader
-takes batches from its workers in turn, so the batches already trained are known from their
-count; a resumed run re-reads and skips them and then sees exactly the batches the interrupted
-run would have seen next.
+Resuming mid-epoch: each worker's batches are a function of (seed, epoch, shard) alone, and the
+training process takes them in one fixed order, whatever the DataLoader's timing: by (batch
+number within its worker, worker), i.e. the workers in turn, the ones that ran out passed over
+(`in_worker_order`). A checkpoint records how many batches of each worker were trained; a
+resumed run re-reads the stream, each worker skips that many of its own, and the same order
+gives exactly the batches the interrupted run would have seen next.
 
 In the training process, the loader reads one optimizer step of micro-batches ahead
 (`step_windows`), which gives what a stream cannot know batch by batch: the step's
@@ -50,16 +52,24 @@ class StreamedBatches(IterableDataset):
         self.pack_length = pack_length
         self.max_records = max_records
         self.epoch = 0
-        self.skip_batches = 0  # batches of this epoch a resumed run already trained on (all workers together)
+        self.skip_counts: list[int] = []  # per worker: batches of this epoch a resumed run already trained on
+        self.taken: list[int] = []  # in the training process: the worker of each batch handed out this pass
+        self.taken_from: list[int] = []  # the per-worker counts this pass started from
 
-    def _shard(self, skip_batches: int) -> tuple[int, int, int, int]:
-        """(shard, shards, worker, workers) of this iterator. The DataLoader asks its workers for batches in
-        turn, starting with worker 0; after `skip_batches` the next batch is due from worker
-        skip_batches mod workers, so on a resumed pass each process plays the worker that many turns on."""
+    def _shard(self) -> tuple[int, int, int, int]:
+        """(shard, shards, worker, workers) of this iterator: DataLoader worker k of rank r reads shard
+        r * workers + k."""
         info = get_worker_info()
-        workers, process = (info.num_workers, info.id) if info is not None else (1, 0)
-        worker = (process + skip_batches) % workers
+        workers, worker = (info.num_workers, info.id) if info is not None else (1, 0)
         return self.rank * workers + worker, self.world_size * workers, worker, workers
+
+    def trained_counts(self, trained: int) -> list[int]:
+        """Per worker, how many of this pass's batches are among its first `trained` (what a
+        checkpoint records, so a resumed pass skips exactly those)."""
+        counts = list(self.taken_from)
+        for worker in self.taken[:max(0, trained - sum(self.taken_from))]:
+            counts[worker] += 1
+        return counts
 
     def _records(self, shard: int, shards: int) -> Iterator[tuple[str, dict]]:
         return self.table.records(shard, shards, self.max_records or None)
@@ -77,14 +87,17 @@ class StreamedBatches(IterableDataset):
 
     def __iter__(self) -> Iterator[Any]:
         # The epoch and resume position are read now, when the DataLoader starts a pass, not at the first batch.
-        return self._batches(self.epoch, self.skip_batches)
+        return self._batches(self.epoch, list(self.skip_counts))
 
-    def _batches(self, epoch: int, skip_batches: int) -> Iterator[Any]:
-        shard, shards, worker, workers = self._shard(skip_batches)
-        skip = len(range(worker, skip_batches, workers))  # this worker's share of the trained batches
+    def _batches(self, epoch: int, skip_counts: list[int]) -> Iterator[tuple[int, int, Any]]:
+        """(worker, number, batch) of this worker's batches, numbered from the pass's start (a resumed
+        pass skips those trained before), then (worker, count, None) to mark its end."""
+        shard, shards, worker, workers = self._shard()
+        skip = skip_counts[worker] if worker < len(skip_counts) else 0
         rng = np.random.default_rng((self.seed, epoch, shard))
         pending: list[dict] = []
         records = self._records(shard, shards)
+        number = 0
         while True:
             chunk = list(itertools.islice(records, CHUNK_RECORDS))
             if chunk:
@@ -93,12 +106,39 @@ class StreamedBatches(IterableDataset):
                 pending += self._rows(examples, rng)
             while len(pending) >= self.batch_size or (not chunk and pending):
                 batch, pending = pending[:self.batch_size], pending[self.batch_size:]
-                if skip:
-                    skip -= 1
-                    continue
-                yield self.collate(batch)
+                if number >= skip:
+                    yield worker, number, self.collate(batch)
+                number += 1
             if not chunk:
+                yield worker, max(number, skip), None
                 return
+
+
+def in_worker_order(items: Iterator[tuple[int, int, Any]], start: list[int], taken: list[int]) -> Iterator[Any]:
+    """The batches of a pass by (batch number within its worker, worker): the workers in turn while
+    all have batches, those that ran out passed over. The DataLoader mostly delivers them so, but
+    not exactly once a worker runs out; a fixed order is what lets a resumed pass continue as the
+    interrupted one would have. `start`: each worker's first batch number; `taken` gets the worker
+    of each batch handed out."""
+    workers = len(start)
+    following, ends = list(start), [-1] * workers
+    pending: dict[tuple[int, int], Any] = {}
+    while True:
+        live = [w for w in range(workers) if following[w] != ends[w]]
+        if not live:
+            return
+        due = min(live, key=lambda w: (following[w], w))
+        while (due, following[due]) not in pending and following[due] != ends[due]:
+            worker, number, batch = next(items)  # every worker ends with its marker, so this cannot run dry first
+            if batch is None:
+                ends[worker] = number
+            else:
+                pending[worker, number] = batch
+        if following[due] == ends[due]:
+            continue
+        taken.append(due)
+        following[due] += 1
+        yield pending.pop((due, following[due] - 1))
 
 
 def step_windows(batches: Iterator[Any], accumulate: int, done: int, step_normalized: bool,
@@ -156,11 +196,15 @@ class EpochLoader(DataLoader):
 
     def __iter__(self):
         stream: StreamedBatches = self.dataset  # type: ignore[assignment]
-        done = stream.skip_batches
-        iterator = super().__iter__()  # workers copy the stream now, with its epoch and skip count
-        stream.skip_batches = 0
+        workers = max(1, self.num_workers)
+        start = (stream.skip_counts + [0] * workers)[:workers]
+        done = sum(start)
+        iterator = super().__iter__()  # workers copy the stream now, with its epoch and skip counts
+        stream.skip_counts = []
         stream.epoch += 1
+        stream.taken, stream.taken_from = [], start
+        batches = in_worker_order(iterator, start, stream.taken)
         fewest = fewest_across_ranks()
         if fewest is None and not self.step_normalized:
-            return iterator
-        return step_windows(iterator, self.accumulate, done, self.step_normalized, fewest)
+            return batches
+        return step_windows(batches, self.accumulate, done, self.step_normalized, fewest)
