@@ -55,23 +55,27 @@ class Final(Callback):
         self.params = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
 
 
-def test_resume_is_exact(tiny_model_dir, sentiment_csv, tmp_path):
+def crash_and_resume(model_dir: str, data, overrides: list[str], tmp_path: Path, step: int):
+    """An uninterrupted run, and one that crashes at `step` and is resumed: (straight metrics, its
+    probe, resumed metrics, its probe, the interrupted run's directory, its checkpoint at the crash)."""
     straight_probe = Final()
-    straight = train(compose_config("train", tiny_overrides(tiny_model_dir, sentiment_csv, RESUMABLE), tmp_path / "straight"),
+    straight = train(compose_config("train", tiny_overrides(model_dir, data, overrides), tmp_path / "straight"),
                      extra_callbacks=[straight_probe])
-
     run_dir = tmp_path / "interrupted"
     with pytest.raises(RuntimeError, match="simulated crash"):
-        train(compose_config("train", tiny_overrides(tiny_model_dir, sentiment_csv, RESUMABLE), run_dir),
-              extra_callbacks=[Crash(step=9)])
+        train(compose_config("train", tiny_overrides(model_dir, data, overrides), run_dir), extra_callbacks=[Crash(step)])
     assert not (run_dir / "metrics.json").exists()
-    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 9
-
+    at_crash = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     resumed_probe = Final()
-    resumed_cfg = compose_config("train", tiny_overrides(tiny_model_dir, sentiment_csv, RESUMABLE + [f"resume={run_dir}"]),
-                                 run_dir)
-    resumed = train(resumed_cfg, extra_callbacks=[resumed_probe])
+    resumed = train(compose_config("train", tiny_overrides(model_dir, data, overrides + [f"resume={run_dir}"]), run_dir),
+                    extra_callbacks=[resumed_probe])
+    return straight, straight_probe, resumed, resumed_probe, run_dir, at_crash
 
+
+def test_resume_is_exact(tiny_model_dir, sentiment_csv, tmp_path):
+    straight, straight_probe, resumed, resumed_probe, run_dir, at_crash = crash_and_resume(
+        tiny_model_dir, sentiment_csv, RESUMABLE, tmp_path, step=9)
+    assert at_crash["global_step"] == 9
     assert resumed_probe.start_step == 9
     # The resumed run saw exactly the batches the uninterrupted one saw after step 9.
     assert len(resumed_probe.batches) == 9
@@ -102,18 +106,10 @@ def test_streamed_resume_is_exact_with_workers(tiny_model_dir, sentiment_csv, tm
     streamed = ["trainer.max_steps=30", "trainer.max_epochs=5", "trainer.val_check_interval=10", "callbacks.early_stopping=null",
                 "callbacks.periodic_checkpoint.every_n_train_steps=5", "data.streaming=true", "data.num_workers=2",
                 f"data.val_file={held}", f"data.test_file={held}"]
-    straight_probe = Final()
-    straight = train(compose_config("train", tiny_overrides(tiny_model_dir, sentiment_csv, streamed), tmp_path / "straight"),
-                     extra_callbacks=[straight_probe])
-    run_dir = tmp_path / "interrupted"
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        train(compose_config("train", tiny_overrides(tiny_model_dir, sentiment_csv, streamed), run_dir),
-              extra_callbacks=[Crash(step=25)])
-    saved = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["SFTDataModule"]["train_order"]
+    straight, straight_probe, resumed, resumed_probe, _, at_crash = crash_and_resume(
+        tiny_model_dir, sentiment_csv, streamed, tmp_path, step=25)
+    saved = at_crash["SFTDataModule"]["train_order"]
     assert saved["epoch"] == 1 and saved["batches_done"] == 5 and sum(saved["worker_batches"]) == 5
-    resumed_probe = Final()
-    resumed = train(compose_config("train", tiny_overrides(tiny_model_dir, sentiment_csv, streamed + [f"resume={run_dir}"]),
-                                   run_dir), extra_callbacks=[resumed_probe])
     assert resumed_probe.start_step == 25 and len(resumed_probe.batches) == 5
     for mine, theirs in zip(resumed_probe.batches, straight_probe.batches[25:]):
         assert torch.equal(mine, theirs)
