@@ -168,17 +168,23 @@ def step_windows(batches: Iterator[Any], accumulate: int, done: int, step_normal
         size = accumulate
 
 
+_CPU_GROUP: list = []  # the gloo group of a job whose default backend is not (made once, by every rank)
+
+
 def fewest_across_ranks() -> Optional[Callable[[int], int]]:
-    """Under DDP, the all-reduce that gives the smallest of every rank's count; None in one process."""
+    """Under DDP, the all-reduce that gives the smallest of every rank's count; None in one process.
+    It runs on the CPU (a gloo group beside NCCL), so reading the result never waits for the GPU."""
     import torch.distributed as dist
 
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
         return None
-    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    if dist.get_backend() != "gloo" and not _CPU_GROUP:
+        _CPU_GROUP.append(dist.new_group(backend="gloo"))
+    group = _CPU_GROUP[0] if dist.get_backend() != "gloo" else None
 
     def fewest(count: int) -> int:
-        counts = torch.tensor([count], device=device)
-        dist.all_reduce(counts, op=dist.ReduceOp.MIN)
+        counts = torch.tensor([count])
+        dist.all_reduce(counts, op=dist.ReduceOp.MIN, group=group)
         return int(counts.item())
 
     return fewest
