@@ -399,6 +399,28 @@ def test_setup_decodes_no_image(listing_with_bad_images, monkeypatch):
         dm.processor.make_collator(None)([{"image": str(listing_with_bad_images.parent / "images" / "1.jpg"), "labels": 0}])
 
 
+def test_class_folder_listing_is_kept_in_arrow_keyed_by_its_files(tmp_path, monkeypatch):
+    from sft.data.images import read_source
+    from sft.data.sources import ArrowTable
+
+    monkeypatch.setenv("SFT_CACHE", str(tmp_path / "cache"))
+    root = write_folder(tmp_path / "folder", per_class=3)
+    (root / "red" / "notes.txt").write_text("not an image")
+    table = read_source(root, "data.train_file")
+    assert isinstance(table, ArrowTable)  # memory-mapped, not a list of dicts
+    expected = [{"path": str(root / name / f"{i}.png"), "label": name} for name in sorted(COLORS) for i in range(3)]
+    assert list(table.rows) == expected and table.where(4) == expected[4]["path"]
+    listings = sorted((tmp_path / "cache" / "records").glob("*.arrow"))
+    assert len(listings) == 1
+    again = read_source(root, "data.train_file")  # an unchanged folder: the same records file and key
+    assert again.fingerprint() == table.fingerprint()
+    assert sorted((tmp_path / "cache" / "records").glob("*.arrow")) == listings
+    assert not list((tmp_path / "cache" / "records").glob("*.tmp"))
+    Image.fromarray(color_image(np.random.default_rng(5), 0)).save(root / "red" / "extra.png")
+    changed = read_source(root, "data.train_file")
+    assert len(changed) == len(expected) + 1 and changed.fingerprint() != table.fingerprint()
+
+
 def test_missing_image_folder(tmp_path):
     with pytest.raises(DataError, match="data.train_file: not found"):
         image_datamodule(tmp_path / "nowhere").setup("fit")

@@ -366,7 +366,7 @@ class ImageClassificationProcessor(Processor):
             table.require_columns({"data.label_column": self.label_column})
         sources = [self._image_source(table, i) for i in range(len(table))]  # None: bytes in the source
         paths = [i for i, s in enumerate(sources) if isinstance(s, str)]
-        # Decode every file once up front, so a bad one is named now rather than failing a worker mid-epoch.
+        # Open every file's header up front, so a missing or non-image file is named now, not mid-epoch.
         with ThreadPoolExecutor(max(1, self.check_workers)) as pool:
             problems = dict(zip(paths, pool.map(self._problem, [sources[i] for i in paths])))
         index = {name: k for k, name in enumerate(self.label_names)}

@@ -3,8 +3,9 @@
 Files (CSV, TSV, JSON, JSONL, Parquet, CoNLL; plain, .gz or .bz2; one, a list or a glob of
 shards) are parsed once by the readers below and written to a memory-mapped Arrow file under
 $SFT_CACHE/records/, keyed by the files' path, size and modification time: a second launch on
-unchanged files reads nothing again, and a million records cost disk, not memory. Folders
-written by `Dataset.save_to_disk` and Hugging Face datasets (`hf:OWNER/NAME`) are Arrow already.
+unchanged files reads nothing again, and a million records cost disk, not memory. The file list
+of a class folder (images, audio) goes there too. Folders written by `Dataset.save_to_disk` and
+Hugging Face datasets (`hf:OWNER/NAME`) are Arrow already.
 
 Every record keeps a location ("train.csv:12", "data.parquet row 7", "hf:imdb train row 3") so
 that any later error about it can name the file and the line.
@@ -40,9 +41,9 @@ COMPRESSIONS = {".gz": gzip.open, ".bz2": bz2.open}
 
 @dataclass
 class Table:
-    """Records of a small source held in memory (a class folder, decoded arrays, a few records built
-    in code), each with the location it was read from. Files and Hugging Face datasets are read into
-    an `ArrowTable` instead, which has the same interface."""
+    """Records of a small source held in memory (decoded arrays, a few records built in code, one
+    batch of an ArrowTable), each with the location it was read from. Files, class folders and
+    Hugging Face datasets are read into an `ArrowTable` instead, which has the same interface."""
 
     path: str
     rows: Sequence[dict[str, Any]]
@@ -529,47 +530,74 @@ def _records_cache_file(path: Path, encoding: str) -> Path:
     return cache_root() / "records" / f"{path.name}-{hashlib.sha256(key.encode()).hexdigest()[:24]}.arrow"
 
 
-def read_records_file(path: Path, key: str, encoding: str = "utf-8") -> ArrowTable:
-    """One file's records as an ArrowTable, parsed once and kept in $SFT_CACHE/records/."""
+def _write_records(records: Iterator[tuple[str, dict]], folder: Path, prefix: str) -> tuple[str, int, list[str], str]:
+    """Write (location, record) pairs as an Arrow stream to a temporary file in `folder`, 20,000
+    at a time: (its path, the record count, the field names seen, a digest of the records)."""
     import pyarrow as pa
+
+    folder.mkdir(parents=True, exist_ok=True)
+    schema = pa.schema([(WHERE, pa.string()), (RECORD, pa.large_string())])
+    columns: dict[str, None] = {}
+    count = 0
+    digest = hashlib.sha256()
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=prefix, suffix=".tmp")
+    os.close(fd)
+    try:
+        with pa.OSFile(tmp, "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
+            where: list[str] = []
+            texts: list[str] = []
+            to_json = json.JSONEncoder(ensure_ascii=False, default=str).encode  # json.dumps would build one per record
+
+            def flush() -> None:
+                writer.write_batch(pa.record_batch([where, texts], schema=schema))
+                digest.update("\0".join(where + texts).encode())
+                where.clear()
+                texts.clear()
+
+            for location, record in records:
+                where.append(location)
+                texts.append(to_json(record))
+                if len(columns) < 10_000:
+                    columns.update(dict.fromkeys(record))
+                count += 1
+                if len(where) == 20_000:
+                    flush()
+            if where:
+                flush()
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return tmp, count, list(columns), digest.hexdigest()
+
+
+def _keep_records(tmp: str, target: Path, meta: dict) -> None:
+    """Move a written records file into place with its description; complete entries only, so a
+    reader sees the whole file or none (another process may have written it first)."""
+    try:
+        target.with_suffix(".json").write_text(json.dumps(meta))
+        os.replace(tmp, target)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def _records_table(path: str, target: Path) -> ArrowTable:
     from datasets import Dataset
 
+    meta = json.loads(target.with_suffix(".json").read_text())
+    return ArrowTable(path, Dataset.from_file(str(target)), meta["columns"], fingerprint=target.stem)
+
+
+def read_records_file(path: Path, key: str, encoding: str = "utf-8") -> ArrowTable:
+    """One file's records as an ArrowTable, parsed once and kept in $SFT_CACHE/records/."""
     target = _records_cache_file(path, encoding)
-    meta_file = target.with_suffix(".json")
-    if not (target.is_file() and meta_file.is_file()):
-        target.parent.mkdir(parents=True, exist_ok=True)
-        schema = pa.schema([(WHERE, pa.string()), (RECORD, pa.large_string())])
-        columns: dict[str, None] = {}
-        count = 0
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=target.name, suffix=".tmp")
-        os.close(fd)
-        try:
-            with pa.OSFile(tmp, "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
-                where: list[str] = []
-                records: list[str] = []
-                to_json = json.JSONEncoder(ensure_ascii=False, default=str).encode  # json.dumps would build one per record
-                for location, record in iter_records(path, encoding):
-                    where.append(location)
-                    records.append(to_json(record))
-                    if len(columns) < 10_000:
-                        columns.update(dict.fromkeys(record))
-                    if len(where) == 20_000:
-                        writer.write_batch(pa.record_batch([where, records], schema=schema))
-                        count += len(where)
-                        where, records = [], []
-                if where:
-                    writer.write_batch(pa.record_batch([where, records], schema=schema))
-                    count += len(where)
-            if count == 0:
-                raise DataError(f"{key}: {path} holds no records")
-            meta_file.write_text(json.dumps({"columns": list(columns), "records": count, "file": str(path)}))
-            os.replace(tmp, target)  # complete entries only: a reader sees the whole file or none
-        finally:
+    if not (target.is_file() and target.with_suffix(".json").is_file()):
+        tmp, count, columns, _ = _write_records(iter_records(path, encoding), target.parent, target.name)
+        if count == 0:
             Path(tmp).unlink(missing_ok=True)
+            raise DataError(f"{key}: {path} holds no records")
+        _keep_records(tmp, target, {"columns": columns, "records": count, "file": str(path)})
         log.debug("%s: %d records read into %s", path, count, target)
-    meta = json.loads(meta_file.read_text())
-    dataset = Dataset.from_file(str(target))
-    return ArrowTable(str(path), dataset, meta["columns"], fingerprint=target.stem)
+    return _records_table(str(path), target)
 
 
 def is_saved_dataset(folder: Path) -> bool:
@@ -637,31 +665,43 @@ def saved_dataset_splits(folder: Path) -> list[str]:
     return list(json.loads(index.read_text()).get("splits", [])) if index.is_file() else []
 
 
-def read_class_folder(root: Path, key: str, suffixes, kind: str, layout: str) -> Table:
+def read_class_folder(root: Path, key: str, suffixes, kind: str, layout: str) -> ArrowTable:
     """A folder with one subfolder per class: a record {path, label} per file with one of `suffixes`
-    (other files are counted and reported, hidden ones skipped)."""
-    import logging
-    import os
+    (other files are counted and reported, hidden ones skipped). The listing is written to an
+    Arrow file under $SFT_CACHE/records/ as it is walked, keyed by its contents, so that a
+    million files cost disk, not memory, and an unchanged folder keeps its encode cache key."""
+    from sft.assets import cache_root
 
     classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not classes:
         raise DataError(f"{key}: {root} has no class subfolders; expected {layout}")
-    rows, locations, ignored = [], [], 0
-    for label in classes:
-        for dirpath, dirnames, filenames in os.walk(root / label):
-            dirnames.sort()
-            for name in sorted(filenames):
-                if name.startswith("."):
-                    continue
-                if Path(name).suffix.lower() not in suffixes:
-                    ignored += 1
-                    continue
-                path = os.path.join(dirpath, name)
-                rows.append({"path": path, "label": label})
-                locations.append(path)
+    ignored = 0
+
+    def files() -> Iterator[tuple[str, dict]]:
+        nonlocal ignored
+        for label in classes:
+            for dirpath, dirnames, filenames in os.walk(root / label):
+                dirnames.sort()
+                for name in sorted(filenames):
+                    if name.startswith("."):
+                        continue
+                    if Path(name).suffix.lower() not in suffixes:
+                        ignored += 1
+                        continue
+                    path = os.path.join(dirpath, name)
+                    yield path, {"path": path, "label": label}
+
+    folder = cache_root() / "records"
+    tmp, count, _, digest = _write_records(files(), folder, f"{root.name}-listing")
     if ignored:
-        logging.getLogger(__name__).warning("%s: ignored %d files without an %s extension (%s)", root, ignored, kind,
-                                            ", ".join(sorted(suffixes)))
-    if not rows:
+        log.warning("%s: ignored %d files without an %s extension (%s)", root, ignored, kind, ", ".join(sorted(suffixes)))
+    if not count:
+        Path(tmp).unlink(missing_ok=True)
         raise DataError(f"{key}: {root} holds no {kind} files under its class folders {classes}")
-    return Table(str(root), rows, locations, ["path", "label"])
+    name = hashlib.sha256(json.dumps([RECORDS_FORMAT, str(root.absolute()), digest]).encode()).hexdigest()[:24]
+    target = folder / f"{root.name}-listing-{name}.arrow"
+    if target.is_file() and target.with_suffix(".json").is_file():
+        Path(tmp).unlink(missing_ok=True)  # the same listing as a launch before
+    else:
+        _keep_records(tmp, target, {"columns": ["path", "label"], "records": count, "folder": str(root)})
+    return _records_table(str(root), target)
