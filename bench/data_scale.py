@@ -3,6 +3,7 @@ first packed batch (chat), sft against the plain Hugging Face datasets path, on 
 
     python bench/compare.py data_scale --json data_scale.json
     python bench/data_scale.py --rows 10000 1000000 --chats 200000 --stream-rows 5000000
+    python bench/data_scale.py --rows --chats 0 --stream-rows 0 --image-files 200000
 
 Every side runs as its own process, started cold (empty sft and datasets caches), and is
 measured from its start to its exit: wall time and peak resident memory (the kernel's
@@ -16,6 +17,9 @@ file shows what the caches save. Chat: 200,000 conversations of JSONL through sf
 processor (labels masked by turn, the audit, packing) to the first packed batch, against
 `load_dataset("json")` + batched `map(apply_chat_template)` to the first padded batch (TRL is
 not installed here). Streaming: sft with data.streaming=true on a gzip JSONL of 5M records.
+Images (`--image-files N`): a class folder of N small PNGs through sft's image_classification
+setup (the file list into Arrow, every header checked) to the first training batch, against
+torchvision's `ImageFolder` (a list in memory, no check) and a DataLoader to its first batch.
 Each side's imports are timed alone too (every library module the side has imported by its end,
 the model's module included), and the ratios are also given with them taken off. `--repeat N` runs each side
 N times, the sides alternating, and reports the median time.
@@ -167,7 +171,45 @@ def side_hf_chat(args) -> None:
     assert batch["input_ids"].shape[0] >= 1
 
 
-SIDES = {"hf_text": side_hf_text, "sft_chat": side_sft_chat, "hf_chat": side_hf_chat}
+IMAGE_INPUT = {"channels": 3, "size": 32, "mean": [0.5] * 3, "std": [0.5] * 3, "interpolation": "bilinear",
+               "crop_pct": 0.875}
+
+
+def write_image_folder(root: Path, files: int) -> Path:
+    """`files` 8x8 PNGs, half in red/ and half in blue/ (the same two images, written many times)."""
+    import io
+
+    from PIL import Image
+
+    for name, color in (("red", (200, 10, 10)), ("blue", (10, 10, 200))):
+        buffer = io.BytesIO()
+        Image.new("RGB", (8, 8), color).save(buffer, "PNG")
+        (root / name).mkdir(parents=True)
+        for i in range(files // 2 if name == "red" else files - files // 2):
+            (root / name / f"{i:07d}.png").write_bytes(buffer.getvalue())
+    return root
+
+
+def side_sft_images(args) -> None:
+    from sft.data.datamodule import SFTDataModule
+
+    datamodule = SFTDataModule(task="image_classification", train_file=args.file, input_spec=IMAGE_INPUT,
+                               image_size=32, val_fraction=0.1, test_fraction=0.1, num_workers=1)
+    datamodule.setup("fit")
+    assert next(iter(datamodule.train_dataloader()))["pixel_values"].shape[0] >= 1
+
+
+def side_torchvision_images(args) -> None:
+    from torch.utils.data import DataLoader
+    from torchvision import datasets, transforms
+
+    data = datasets.ImageFolder(args.file, transforms.Compose([transforms.Resize(32), transforms.ToTensor()]))
+    loader = DataLoader(data, batch_size=32, shuffle=True, num_workers=1)
+    assert next(iter(loader))[0].shape[0] >= 1
+
+
+SIDES = {"hf_text": side_hf_text, "sft_chat": side_sft_chat, "hf_chat": side_hf_chat, "sft_images": side_sft_images,
+         "torchvision_images": side_torchvision_images}
 
 
 # -- the run ------------------------------------------------------------------------------------------
@@ -198,7 +240,7 @@ def past_imports(ours: dict, peer: dict, imports: dict, measure: str = "seconds"
     return round((ours[measure] - imports["sft"]["seconds"]) / (peer[measure] - imports["hf"]["seconds"]), 3)
 
 
-def run(rows: list[int], chats: int, stream_rows: int, work: Path, repeat: int = 1) -> dict:
+def run(rows: list[int], chats: int, stream_rows: int, work: Path, repeat: int = 1, image_files: int = 0) -> dict:
     import compare
 
     model_dir = work / "encoder"
@@ -209,7 +251,7 @@ def run(rows: list[int], chats: int, stream_rows: int, work: Path, repeat: int =
     chat_words = compare.make_chat_model(chat_dir, "tiny")
     base_env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1",
                 "PYTHONPATH": str(ROOT)}
-    figures: dict = {"text": {}, "chat": {}, "stream": {}, "imports": {}}
+    figures: dict = {"text": {}, "chat": {}, "stream": {}, "images": {}, "imports": {}}
 
     def fresh_env(name: str) -> dict:
         return {**base_env, "SFT_CACHE": str(work / f"{name}-sft-cache"), "HF_DATASETS_CACHE": str(work / f"{name}-hf-cache")}
@@ -280,6 +322,20 @@ def run(rows: list[int], chats: int, stream_rows: int, work: Path, repeat: int =
         figures["stream"][stream_rows] = {"sft": ours}
         print(f"stream {stream_rows:>9,} records (gzip JSONL): sft first packed batch in {ours['seconds']:.1f} s, "
               f"{ours['peak_rss_gb']:.2f} GB", flush=True)
+    if image_files:
+        folder = write_image_folder(work / "images", image_files)
+        runs = {"sft": [], "torchvision": []}
+        for r in range(repeat):
+            for side in runs:
+                runs[side].append(measure([*me, "--side", f"{side}_images", "--file", str(folder)],
+                                          fresh_env(f"images-{side}-{r}"), work))
+        ours, peer = summarize(runs["sft"]), summarize(runs["torchvision"])
+        figures["images"][image_files] = {"sft": ours, "torchvision": peer,
+                                          "time_ratio": round(ours["seconds"] / peer["seconds"], 3),
+                                          "memory_ratio": round(ours["peak_rss_gb"] / peer["peak_rss_gb"], 3)}
+        print(f"images {image_files:>7,} files (class folder): sft {ours['seconds']:7.1f} s {ours['peak_rss_gb']:5.2f} GB | "
+              f"torchvision ImageFolder {peer['seconds']:7.1f} s {peer['peak_rss_gb']:5.2f} GB | time sft/torchvision "
+              f"{figures['images'][image_files]['time_ratio']}", flush=True)
     if len(rows) >= 2:
         small, large = figures["text"][min(rows)], figures["text"][max(rows)]
         figures["text_memory_growth_gb"] = round(large["sft"]["peak_rss_gb"] - small["sft"]["peak_rss_gb"], 3)
@@ -293,6 +349,7 @@ def main(argv=None) -> None:
     parser.add_argument("--rows", type=int, nargs="*", default=[10_000, 1_000_000], help="text classification CSV sizes")
     parser.add_argument("--chats", type=int, default=200_000, help="conversations of the chat comparison (0: skip)")
     parser.add_argument("--stream-rows", type=int, default=5_000_000, help="records of the streamed gzip JSONL (0: skip)")
+    parser.add_argument("--image-files", type=int, default=0, help="images of the class-folder comparison (0: skip)")
     parser.add_argument("--repeat", type=int, default=1,
                         help="runs of each side (stream aside), alternating; the median time is reported")
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
@@ -306,7 +363,7 @@ def main(argv=None) -> None:
         SIDES[args.side](args)
         return
     with tempfile.TemporaryDirectory() as tmp:
-        figures = run(args.rows, args.chats, args.stream_rows, Path(tmp), max(1, args.repeat))
+        figures = run(args.rows, args.chats, args.stream_rows, Path(tmp), max(1, args.repeat), args.image_files)
     figures["repeat"] = max(1, args.repeat)
     figures["hardware"] = f"CPU, {os.cpu_count()} cores"
     if args.json:

@@ -421,6 +421,39 @@ def test_class_folder_listing_is_kept_in_arrow_keyed_by_its_files(tmp_path, monk
     assert len(changed) == len(expected) + 1 and changed.fingerprint() != table.fingerprint()
 
 
+def test_setup_check_reads_each_files_signature(tmp_path, monkeypatch):
+    import threading
+
+    from sft.data import images
+    from sft.data.images import IMAGE_SUFFIXES, ImageClassificationProcessor
+
+    pixels = Image.fromarray(color_image(np.random.default_rng(0), 1))
+    good = []
+    for suffix in sorted(IMAGE_SUFFIXES):
+        path = tmp_path / f"image{suffix}"
+        (pixels.convert("L") if suffix == ".pgm" else pixels).save(path)
+        good.append(str(path))
+    (tmp_path / "notes.jpg").write_text("<html>not found</html>")
+    (tmp_path / "empty.png").write_bytes(b"")
+    (tmp_path / "folder.png").mkdir()
+    bad = {"notes.jpg": "not a readable image (its first bytes b'<html>no' are no image format's signature)",
+           "empty.png": "not a readable image (the file is empty)", "missing.jpg": "file not found",
+           "folder.png": "not readable (IsADirectoryError"}
+    paths = good + [str(tmp_path / name) for name in bad]
+    processor = ImageClassificationProcessor(input_spec=TEST_INPUT, image_size=16, label_names=["a", "b"], check_workers=4)
+    problems = processor._check_files(paths)
+    assert problems[:len(good)] == [None] * len(good)
+    for name, problem in zip(bad, problems[len(good):]):
+        assert problem.startswith(bad[name]), (name, problem)
+    # Slow storage (every check over the limit): the files past the probe are checked on threads, in order.
+    threads = set()
+    check = processor._problem
+    processor._problem = lambda path: threads.add(threading.get_ident()) or check(path)
+    monkeypatch.setattr(images, "SLOW_FILE_SECONDS", 0.0)
+    monkeypatch.setattr(images, "SPEED_PROBE_FILES", 3)
+    assert processor._check_files(paths) == problems and len(threads - {threading.get_ident()}) >= 1
+
+
 def test_missing_image_folder(tmp_path):
     with pytest.raises(DataError, match="data.train_file: not found"):
         image_datamodule(tmp_path / "nowhere").setup("fit")

@@ -16,9 +16,11 @@ on_after_batch_transfer).
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
 import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +41,42 @@ BAD_IMAGE_POLICIES = ("error", "skip")
 AUTO_AUGMENTS = ("randaugment", "trivialaugment", "autoaugment")
 
 
+SPEED_PROBE_FILES = 32  # files checked one by one to tell fast storage from slow
+SLOW_FILE_SECONDS = 2e-4  # a check slower than this on average: storage latency dominates, use threads
+COMMON_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "PPM")  # tried first
+
+
 # -- sources --------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=64)
+def listing_folder(path: str) -> str:
+    """The folder that relative image paths of a source are relative to: the folder itself, or the
+    folder of the file that lists them."""
+    return path if os.path.isdir(path) else os.path.dirname(path)
+
+
+@functools.lru_cache(maxsize=1)
+def _format_signatures() -> tuple:
+    """(format, accept) of every format Pillow can identify by its first bytes, common ones first."""
+    from PIL import Image
+
+    Image.init()
+    formats = [f for f in COMMON_FORMATS if f in Image.ID] + [f for f in Image.ID if f not in COMMON_FORMATS]
+    return tuple((f, Image.OPEN[f][1]) for f in formats if Image.OPEN[f][1] is not None)
+
+
+def image_format(start: bytes) -> Optional[str]:
+    """The image format whose signature `start` (a file's first 16 bytes) has, as Pillow's
+    `Image.open` tells them apart (None: none has it)."""
+    for name, accept in _format_signatures():
+        try:
+            verdict = accept(start)
+        except Exception:  # a plugin's check may index past a short start
+            continue
+        if verdict and not isinstance(verdict, str):  # a string: recognized, but Pillow cannot open it
+            return name
+    return None
+
+
 def read_image_folder(root: Path, key: str) -> Table:
     return read_class_folder(root, key, IMAGE_SUFFIXES, "image", f"ImageFolder layout {root}/<label>/<image>")
 
@@ -180,7 +217,7 @@ class ImageCollator:
         except Exception as e:  # in a DataLoader worker: name the file, not only the worker
             if not isinstance(item["image"], (str, bytes)):
                 raise
-            # Setup checks only that each file exists and has an image header (embedded bytes not even
+            # Setup checks only that each file exists and starts with an image signature (embedded bytes not even
             # that: it would read them all); pixel data that is truncated or corrupt is found here,
             # when its batch is built.
             problem = f"{self.name(item)}: its pixels could not be decoded ({type(e).__name__}: {e})"
@@ -330,24 +367,39 @@ class ImageClassificationProcessor(Processor):
         if value is None or (isinstance(value, str) and not value.strip()):
             raise DataError(f"{table.where(i)}: field {self.image_column!r} is empty; expected an image path "
                             f"(set data.image_column to the field holding it)")
-        path = Path(str(value))
-        if not path.is_absolute():  # relative to the file that lists it
-            base = Path(table.path)
-            path = (base if base.is_dir() else base.parent) / path
-        return str(path)
+        path = str(value)
+        return path if os.path.isabs(path) else os.path.join(listing_folder(table.path), path)  # relative to its listing
 
     @staticmethod
     def _problem(path: str) -> Optional[str]:
-        if not os.path.isfile(path):
-            return "file not found"
+        """Why the file at `path` is no image Pillow reads (None: it is one): missing, unreadable,
+        or without an image format's signature. Only its first bytes are read; pixels are decoded
+        per batch, in the workers, where a truncated file is named."""
         try:
-            from PIL import Image
-
-            with Image.open(path) as image:  # the header only: pixels are decoded per batch, in the workers
-                image.size  # noqa: B018
-        except Exception as e:  # PIL raises several types for unreadable or non-image files
-            return f"not a readable image ({type(e).__name__}: {e})"
+            with open(path, "rb") as f:
+                start = f.read(16)
+        except FileNotFoundError:
+            return "file not found"
+        except OSError as e:
+            return f"not readable ({type(e).__name__}: {e})"
+        if not start:
+            return "not a readable image (the file is empty)"
+        if image_format(start) is None:
+            return f"not a readable image (its first bytes {start[:8]!r} are no image format's signature)"
         return None
+
+    def _check_files(self, paths: list[str]) -> list[Optional[str]]:
+        """`_problem` of each path: in this process while files come fast; on `check_workers`
+        threads when the first ones show slow storage (a network file system, a cold disk), where
+        waiting on reads, not the interpreter, takes the time."""
+        probe = paths[:SPEED_PROBE_FILES]
+        started = time.perf_counter()
+        problems = [self._problem(path) for path in probe]
+        slow = probe and (time.perf_counter() - started) / len(probe) > SLOW_FILE_SECONDS
+        if slow and self.check_workers > 1:
+            with ThreadPoolExecutor(self.check_workers) as pool:
+                return problems + list(pool.map(self._problem, paths[len(probe):]))
+        return problems + [self._problem(path) for path in paths[len(probe):]]
 
     def check_encoded(self, table: Table, count: int, report) -> None:
         if count == 0:
@@ -366,9 +418,8 @@ class ImageClassificationProcessor(Processor):
             table.require_columns({"data.label_column": self.label_column})
         sources = [self._image_source(table, i) for i in range(len(table))]  # None: bytes in the source
         paths = [i for i, s in enumerate(sources) if isinstance(s, str)]
-        # Open every file's header up front, so a missing or non-image file is named now, not mid-epoch.
-        with ThreadPoolExecutor(max(1, self.check_workers)) as pool:
-            problems = dict(zip(paths, pool.map(self._problem, [sources[i] for i in paths])))
+        # Read every file's start up front, so a missing or non-image file is named now, not mid-epoch.
+        problems = dict(zip(paths, self._check_files([sources[i] for i in paths])))
         index = {name: k for k, name in enumerate(self.label_names)}
         examples, report = [], ImageReport()
         for i, source in enumerate(sources):

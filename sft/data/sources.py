@@ -685,7 +685,7 @@ def read_class_folder(root: Path, key: str, suffixes, kind: str, layout: str) ->
                 for name in sorted(filenames):
                     if name.startswith("."):
                         continue
-                    if Path(name).suffix.lower() not in suffixes:
+                    if os.path.splitext(name)[1].lower() not in suffixes:
                         ignored += 1
                         continue
                     path = os.path.join(dirpath, name)
