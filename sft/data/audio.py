@@ -37,8 +37,8 @@ import numpy as np
 import torch
 
 from sft.data.processor import Processor
-from sft.data.sources import (DataError, Table, embedded_bytes, is_embedded, is_saved_dataset, media_column,
-                              read_class_folder, read_table)
+from sft.data.sources import (DataError, Table, embedded_bytes, is_embedded, is_saved_dataset, listed_path,
+                              media_column, read_class_folder, read_table)
 from sft.data.text_classification import in_source_order, label_id, label_key
 
 log = logging.getLogger(__name__)
@@ -397,11 +397,7 @@ class AudioClassificationProcessor(Processor):
         if value is None or (isinstance(value, str) and not value.strip()):
             raise DataError(f"{table.where(i)}: field {column!r} is empty; expected an audio file path "
                             f"(set data.audio_column to the field holding it)")
-        path = Path(str(value))
-        if not path.is_absolute():  # relative to the file that lists it
-            base = Path(table.path)
-            path = (base if base.is_dir() else base.parent) / path
-        return str(path)
+        return listed_path(table.path, str(value))
 
     @staticmethod
     def _check(source: str | bytes) -> tuple[Optional[str], float]:

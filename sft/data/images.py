@@ -19,7 +19,6 @@ from __future__ import annotations
 import functools
 import io
 import logging
-import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -30,8 +29,8 @@ import numpy as np
 import torch
 
 from sft.data.processor import Processor
-from sft.data.sources import (DataError, Table, embedded_bytes, is_embedded, is_saved_dataset, media_column,
-                              read_class_folder, read_table)
+from sft.data.sources import (DataError, Table, embedded_bytes, is_embedded, is_saved_dataset, listed_path,
+                              media_column, read_class_folder, read_table)
 from sft.data.text_classification import in_source_order, label_id, label_key
 
 log = logging.getLogger(__name__)
@@ -47,13 +46,6 @@ COMMON_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "PPM")  # tried f
 
 
 # -- sources --------------------------------------------------------------------------------------
-@functools.lru_cache(maxsize=64)
-def listing_folder(path: str) -> str:
-    """The folder that relative image paths of a source are relative to: the folder itself, or the
-    folder of the file that lists them."""
-    return path if os.path.isdir(path) else os.path.dirname(path)
-
-
 @functools.lru_cache(maxsize=1)
 def _format_signatures() -> tuple:
     """(format, accept) of every format Pillow can identify by its first bytes, common ones first."""
@@ -367,8 +359,7 @@ class ImageClassificationProcessor(Processor):
         if value is None or (isinstance(value, str) and not value.strip()):
             raise DataError(f"{table.where(i)}: field {self.image_column!r} is empty; expected an image path "
                             f"(set data.image_column to the field holding it)")
-        path = str(value)
-        return path if os.path.isabs(path) else os.path.join(listing_folder(table.path), path)  # relative to its listing
+        return listed_path(table.path, str(value))
 
     @staticmethod
     def _problem(path: str) -> Optional[str]:

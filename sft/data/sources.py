@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import bz2
 import csv
+import functools
 import glob
 import gzip
 import hashlib
@@ -403,6 +404,17 @@ class ArrowTable(Table):
         records = [json.dumps(r, ensure_ascii=False, default=str) for r in self.rows]
         dataset = Dataset.from_dict({WHERE: where, RECORD: records})
         return ArrowTable(self.path, dataset, self.columns, None, self.class_names, self._fingerprint)
+
+
+@functools.lru_cache(maxsize=64)
+def _listing_folder(source: str) -> str:
+    return source if os.path.isdir(source) else os.path.dirname(source)
+
+
+def listed_path(source: str, path: str) -> str:
+    """A media path as a source lists it: absolute, or relative to the source's folder (a class
+    folder) or to the folder of the file that lists it."""
+    return path if os.path.isabs(path) else os.path.join(_listing_folder(source), path)
 
 
 def is_embedded(value) -> bool:
