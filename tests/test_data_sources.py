@@ -50,6 +50,25 @@ def test_glob_and_list_of_shards_read_as_one_table(tmp_path):
         read_table(str(tmp_path / "nothing-*.csv"), "data.train_file")
 
 
+
+def test_records_cache_keeps_the_most_recently_used_files_under_its_bound(tmp_path, monkeypatch):
+    files = [write_sentiment_csv(tmp_path / f"part{k}.csv", rows=20, seed=k) for k in range(3)]
+    records = tmp_path / "sft-cache" / "records"
+    tables = [read_table(str(files[0]), "data.train_file"), read_table(str(files[1]), "data.train_file")]
+    one = max(p.stat().st_size for p in records.glob("*.arrow"))
+    # Room for two files.
+    monkeypatch.setenv("SFT_RECORDS_CACHE_GB", str(2.5 * one / 2**30))
+    for k in (0, 1):  # part0 written first, then part1
+        os.utime(next(records.glob(f"part{k}.csv-*.arrow")), (k + 1, k + 1))
+    read_table(str(files[0]), "data.train_file")  # used again: now the most recent
+    tables.append(read_table(str(files[2]), "data.train_file"))
+    kept = sorted(p.name.split(".csv-")[0] for p in records.glob("*.arrow"))
+    assert kept == ["part0", "part2"] and len(list(records.glob("*.json"))) == 2
+    # A table read before its file was removed still reads (its memory map holds the data); read
+    # again, the file is parsed anew.
+    assert list(tables[1].rows) == sentiment_rows(files[1])
+    assert list(read_table(str(files[1]), "data.train_file").rows) == sentiment_rows(files[1])
+
 def test_a_bad_record_in_a_shard_is_named_by_file_and_line(tiny_model_dir, tmp_path):
     rows = sentiment_rows(write_sentiment_csv(tmp_path / "all.csv", rows=40))
     rows[37]["label"] = ""

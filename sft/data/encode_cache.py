@@ -14,8 +14,12 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import logging
+import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
+
+log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 2  # 2: Arrow files written by Dataset.map (sft.data.examples)
 # Settings that change how batches are drawn, not what a split's encoded examples are.
@@ -49,3 +53,17 @@ def entry_path(root: Path, parts: dict[str, Any]) -> Path:
     parts = {**parts, "format_version": FORMAT_VERSION, "code": code_fingerprint()}
     key = hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
     return root / f"{parts.get('split', 'split')}-{key[:32]}"
+
+
+def evict_least_recent(entries: list[tuple[float, int, Path]], keep: Path, limit_variable: str,
+                       remove: Callable[[Path], None], what: str) -> None:
+    """Remove the least recently used of `entries` (last use time, bytes, path), never `keep`,
+    until they total at most `limit_variable` GB (default 20)."""
+    total, limit = sum(size for _, size, _ in entries), float(os.environ.get(limit_variable, "20")) * 2**30
+    for _, size, entry in sorted(entries, key=lambda e: e[0]):
+        if total <= limit:
+            break
+        if entry != keep:
+            remove(entry)
+            total -= size
+            log.info("[data] removed the least recently used %s %s (%s)", what, entry, limit_variable)

@@ -25,6 +25,7 @@ from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
 
+from sft.data.encode_cache import evict_least_recent
 from sft.data.sources import ArrowTable, Table
 
 log = logging.getLogger(__name__)
@@ -290,22 +291,12 @@ def encode_table(processor, table: Table, split: str, entry: Optional[Path], num
         raise
 
 
-def cache_limit_bytes() -> int:
-    return int(float(os.environ.get("SFT_ENCODED_CACHE_GB", "20")) * 2**30)
-
-
 def evict(root: Path, keep: Path) -> None:
-    """Remove the least recently used entries until the folder is under the size bound."""
+    """Remove the least recently used entries until the folder is under SFT_ENCODED_CACHE_GB."""
     entries = []
     for entry in root.iterdir():
         if entry.is_dir() and "-building-" not in entry.name:
             size = sum(f.stat().st_size for f in entry.iterdir() if f.is_file())
             entries.append((entry.stat().st_mtime, size, entry))
-    total, limit = sum(size for _, size, _ in entries), cache_limit_bytes()
-    for _, size, entry in sorted(entries, key=lambda e: e[0]):
-        if total <= limit:
-            break
-        if entry != keep:
-            shutil.rmtree(entry, ignore_errors=True)
-            total -= size
-            log.info("[data] removed the least recently used encoded split %s (SFT_ENCODED_CACHE_GB)", entry)
+    evict_least_recent(entries, keep, "SFT_ENCODED_CACHE_GB", lambda entry: shutil.rmtree(entry, ignore_errors=True),
+                       "encoded split")

@@ -4,7 +4,8 @@ Files (CSV, TSV, JSON, JSONL, Parquet, CoNLL; plain, .gz or .bz2; one, a list or
 shards) are parsed once by the readers below and written to a memory-mapped Arrow file under
 $SFT_CACHE/records/, keyed by the files' path, size and modification time: a second launch on
 unchanged files reads nothing again, and a million records cost disk, not memory. The file list
-of a class folder (images, audio) goes there too. Folders written by `Dataset.save_to_disk` and
+of a class folder (images, audio) goes there too. The folder is bounded (SFT_RECORDS_CACHE_GB,
+default 20): the files used least recently go first. Folders written by `Dataset.save_to_disk` and
 Hugging Face datasets (`hf:OWNER/NAME`) are Arrow already.
 
 Every record keeps a location ("train.csv:12", "data.parquet row 7", "hf:imdb train row 3") so
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Sequence, Union
 
 from sft.data.conll import read_conll
+from sft.data.encode_cache import evict_least_recent
 from sft.errors import DataError
 
 __all__ = ["ArrowTable", "DataError", "StreamTable", "Table", "read_table", "expand_files"]
@@ -584,18 +586,33 @@ def _write_records(records: Iterator[tuple[str, dict]], folder: Path, prefix: st
 
 def _keep_records(tmp: str, target: Path, meta: dict) -> None:
     """Move a written records file into place with its description; complete entries only, so a
-    reader sees the whole file or none (another process may have written it first)."""
+    reader sees the whole file or none (another process may have written it first). Then the
+    folder's least recently used files go while it holds more than SFT_RECORDS_CACHE_GB."""
     try:
         target.with_suffix(".json").write_text(json.dumps(meta))
         os.replace(tmp, target)
     finally:
         Path(tmp).unlink(missing_ok=True)
+    entries = []
+    for stored in target.parent.glob("*.arrow"):
+        try:
+            stat = stored.stat()
+        except FileNotFoundError:  # removed by another process meanwhile
+            continue
+        entries.append((stat.st_mtime, stat.st_size, stored))
+    evict_least_recent(entries, target, "SFT_RECORDS_CACHE_GB", _remove_records, "records file")
+
+
+def _remove_records(stored: Path) -> None:
+    stored.unlink(missing_ok=True)  # a process reading it keeps its memory map
+    stored.with_suffix(".json").unlink(missing_ok=True)
 
 
 def _records_table(path: str, target: Path) -> ArrowTable:
     from datasets import Dataset
 
     meta = json.loads(target.with_suffix(".json").read_text())
+    os.utime(target)  # recently used: evicted last
     return ArrowTable(path, Dataset.from_file(str(target)), meta["columns"], fingerprint=target.stem)
 
 
