@@ -247,6 +247,23 @@ def test_stream_shards_take_every_nth_record_and_parse_only_their_own(tmp_path):
         list(table.records(1, 2))
 
 
+def test_every_kind_of_table_reads_in_batches_with_its_locations(tmp_path):
+    from sft.data.sources import StreamTable, Table
+
+    csv_file = write_sentiment_csv(tmp_path / "train.csv", rows=23)
+    arrow = read_table(str(csv_file), "data.train_file")
+    expected = [(arrow.where(i), row) for i, row in enumerate(arrow.rows)]
+    assert expected[4][0] == f"{csv_file}:6"
+    in_memory = Table(str(csv_file), [row for _, row in expected], [where for where, _ in expected], arrow.columns)
+    for table in (arrow, in_memory, StreamTable([csv_file], "data.train_file")):
+        batches = list(table.in_batches(size=5))
+        assert [len(b) for b in batches] == [5, 5, 5, 5, 3], type(table)
+        assert [(b.where(i), b.rows[i]) for b in batches for i in range(len(b))] == expected, type(table)
+    selected = arrow.subset([7, 2, 19])
+    assert [(b.where(i), b.rows[i]) for b in selected.in_batches(size=2) for i in range(len(b))] == \
+        [expected[7], expected[2], expected[19]]
+
+
 def test_stream_resumes_with_the_same_batches(tmp_path):
     kwargs = stream_kwargs(tmp_path)
     for workers in (0, 2):

@@ -41,8 +41,9 @@ class MultiLabelProcessor(TextClassificationProcessor):
         if self.label_names is None:
             train.require_columns(self._columns(with_labels=True))
             keys = set()
-            for i in range(len(train)):
-                keys.update(self.labels_of(train, i))
+            for batch in train.in_batches():
+                for i in range(len(batch)):
+                    keys.update(self.labels_of(batch, i))
             if len(keys) < 2:
                 raise DataError(f"{train.path}: field {self.label_column!r} has only the labels {sorted(keys)}; "
                                 f"multi-label classification needs at least two")

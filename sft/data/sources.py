@@ -77,6 +77,12 @@ class Table:
         """Every record's value of one field, in order (reading no other field where the source allows)."""
         return (row.get(column) for row in self.rows)
 
+    def in_batches(self, size: int = 2000) -> Iterator["Table"]:
+        """The records as consecutive in-memory Tables of up to `size`: what a loop that looks at
+        each record (and names it in errors) reads, one read per batch rather than per record."""
+        for start in range(0, len(self), size):
+            yield self.subset(range(start, min(start + size, len(self))))
+
     def require_columns(self, columns: dict[str, Optional[str]]) -> None:
         """`columns` maps config key -> column name; every named column must exist."""
         for key, column in columns.items():
@@ -321,6 +327,7 @@ class ArrowTable(Table):
         self.class_names = dict(class_names or {})
         self.label_order = None
         self._fingerprint = fingerprint or dataset._fingerprint
+        self._locations = None  # the location column, selected on the first where()
         self.rows = ArrowRows(self)
 
     def __len__(self) -> int:
@@ -356,8 +363,14 @@ class ArrowTable(Table):
         if index < 0:
             index += len(self)
         column = WHERE if WHERE in self.dataset.column_names else ROW
-        value = self.dataset.select_columns([column])[index][column]
+        if self._locations is None:  # selecting a column costs a millisecond: once per table
+            self._locations = self.dataset.select_columns([column])
+        value = self._locations[index][column]
         return value if column == WHERE else f"{self.origin} row {value + 1}"
+
+    def in_batches(self, size: int = 2000) -> Iterator[Table]:
+        for batch in self.dataset.iter(batch_size=size):
+            yield self.in_memory(batch)
 
     def in_memory(self, batch: dict[str, list]) -> Table:
         """A plain Table of one batch of this table's Arrow columns (what processors encode)."""
@@ -527,6 +540,18 @@ class StreamTable(Table):
 
     def __len__(self) -> int:
         raise DataError(f"{self.path}: a streamed source (data.streaming=true) has no length")
+
+    def in_batches(self, size: int = 2000) -> Iterator[Table]:
+        rows: list[dict] = []
+        locations: list[str] = []
+        for location, record in self.records():
+            rows.append(record)
+            locations.append(location)
+            if len(rows) == size:
+                yield Table(self.path, rows, locations, self.columns)
+                rows, locations = [], []
+        if rows:
+            yield Table(self.path, rows, locations, self.columns)
 
     def where(self, index: int) -> str:
         return self.head(index + 1).where(index)

@@ -156,24 +156,27 @@ class TokenClassificationProcessor(Processor):
 
     def fit(self, train: Table) -> list[str]:
         if self.label_names is None:
-            found = []  # (tag, where)
-            for i in range(len(train)):
-                _, tags, where = self.words_and_tags(train, i)
-                found.extend((tag, where, k) for k, tag in enumerate(tags))
+            first_seen: dict[str, str] = {}  # each distinct tag, in order of appearance: where it first occurs
+            for batch in train.in_batches():
+                for i in range(len(batch)):
+                    _, tags, where = self.words_and_tags(batch, i)
+                    for k, tag in enumerate(tags):
+                        if tag not in first_seen:
+                            first_seen[tag] = where(k)
             prefixes = set()
-            for tag, where, k in found:
+            for tag, location in first_seen.items():
                 try:
                     prefixes.add(split_tag(tag)[0])
                 except ValueError as e:
-                    raise DataError(f"{where(k)}: {e}") from None
+                    raise DataError(f"{location}: {e}") from None
             if self.tag_scheme == "auto":
                 self.tag_scheme = detect_scheme(prefixes)
             types = set()
-            for tag, where, k in found:
+            for tag, location in first_seen.items():
                 try:
                     types.add(check_tag(tag, self.tag_scheme)[1])
                 except ValueError as e:
-                    raise DataError(f"{where(k)}: {e}; set data.tag_scheme to the scheme of your files") from None
+                    raise DataError(f"{location}: {e}; set data.tag_scheme to the scheme of your files") from None
             types.discard(None)
             if not types:
                 raise DataError(f"{train.path}: every tag is O; token classification needs at least one entity type")
