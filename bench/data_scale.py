@@ -3,7 +3,7 @@ first packed batch (chat), sft against the plain Hugging Face datasets path, on 
 
     python bench/compare.py data_scale --json data_scale.json
     python bench/data_scale.py --rows 10000 1000000 --chats 200000 --stream-rows 5000000
-    python bench/data_scale.py --rows --chats 0 --stream-rows 0 --image-files 200000
+    python bench/data_scale.py --rows --chats 0 --stream-rows 0 --image-files 200000 --ner-sentences 400000
 
 Every side runs as its own process, started cold (empty sft and datasets caches), and is
 measured from its start to its exit: wall time and peak resident memory (the kernel's
@@ -20,6 +20,10 @@ not installed here). Streaming: sft with data.streaming=true on a gzip JSONL of 
 Images (`--image-files N`): a class folder of N small PNGs through sft's image_classification
 setup (the file list into Arrow, every header checked) to the first training batch, against
 torchvision's `ImageFolder` (a list in memory, no check) and a DataLoader to its first batch.
+NER (`--ner-sentences N`): JSONL of {"tokens", "tags"} sentences through sft's token_classification
+setup (tag scheme check, label map, word-aligned labels, windows) to the first training batch,
+against the path of transformers' run_ner.py: `load_dataset("json")`, the label list from a
+pass over the tags, batched `map` of tokenize-and-align-labels, a DataLoader to its first batch.
 Each side's imports are timed alone too (every library module the side has imported by its end,
 the model's module included), and the ratios are also given with them taken off. `--repeat N` runs each side
 N times, the sides alternating, and reports the median time.
@@ -208,7 +212,62 @@ def side_torchvision_images(args) -> None:
     assert next(iter(loader))[0].shape[0] >= 1
 
 
-SIDES = {"hf_text": side_hf_text, "sft_chat": side_sft_chat, "hf_chat": side_hf_chat, "sft_images": side_sft_images,
+def write_ner_jsonl(path: Path, sentences: int, words: int, seed: int = 0) -> Path:
+    """{"tokens", "tags"} records of 5-30 words from `words` words, about one in five words tagged BIO."""
+    rng = np.random.default_rng(seed)
+    types = ["PER", "LOC", "ORG", "MISC"]
+    with open(path, "w") as f:
+        for _ in range(sentences):
+            tokens, tags = [], []
+            while len(tokens) < int(rng.integers(5, 31)):
+                if rng.random() < 0.2:
+                    kind, length = types[int(rng.integers(0, 4))], int(rng.integers(1, 4))
+                    tags += [f"B-{kind}"] + [f"I-{kind}"] * (length - 1)
+                else:
+                    length = 1
+                    tags.append("O")
+                tokens += [f"w{i}" for i in rng.integers(0, words, size=length).tolist()]
+            f.write(json.dumps({"tokens": tokens, "tags": tags}) + "\n")
+    return path
+
+
+def side_sft_ner(args) -> None:
+    from sft.data.datamodule import SFTDataModule
+
+    datamodule = SFTDataModule(task="token_classification", tokenizer=args.model, train_file=args.file, max_length=128,
+                               text_column="tokens", label_column="tags", val_fraction=0.05, test_fraction=0.05)
+    datamodule.setup("fit")
+    assert next(iter(datamodule.train_dataloader()))["input_ids"].shape[0] >= 1
+
+
+def side_hf_ner(args) -> None:
+    from datasets import load_dataset
+    from torch.utils.data import DataLoader
+    from transformers import AutoTokenizer, DataCollatorForTokenClassification
+
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    data = load_dataset("json", data_files=args.file)["train"]
+    labels = sorted({tag for tags in data["tags"] for tag in tags})  # as run_ner.py's get_label_list
+    index = {label: k for k, label in enumerate(labels)}
+
+    def tokenize_and_align_labels(batch):
+        encoded = tokenizer(batch["tokens"], truncation=True, max_length=128, is_split_into_words=True)
+        aligned = []
+        for k, tags in enumerate(batch["tags"]):
+            previous, row = None, []
+            for word in encoded.word_ids(batch_index=k):  # the first subword of each word carries its tag
+                row.append(-100 if word is None or word == previous else index[tags[word]])
+                previous = word
+            aligned.append(row)
+        encoded["labels"] = aligned
+        return encoded
+
+    data = data.map(tokenize_and_align_labels, batched=True, remove_columns=data.column_names)
+    loader = DataLoader(data, batch_size=32, shuffle=True, collate_fn=DataCollatorForTokenClassification(tokenizer))
+    assert next(iter(loader))["input_ids"].shape[0] >= 1
+
+
+SIDES = {"sft_ner": side_sft_ner, "hf_ner": side_hf_ner, "hf_text": side_hf_text, "sft_chat": side_sft_chat, "hf_chat": side_hf_chat, "sft_images": side_sft_images,
          "torchvision_images": side_torchvision_images}
 
 
@@ -240,7 +299,8 @@ def past_imports(ours: dict, peer: dict, imports: dict, measure: str = "seconds"
     return round((ours[measure] - imports["sft"]["seconds"]) / (peer[measure] - imports["hf"]["seconds"]), 3)
 
 
-def run(rows: list[int], chats: int, stream_rows: int, work: Path, repeat: int = 1, image_files: int = 0) -> dict:
+def run(rows: list[int], chats: int, stream_rows: int, work: Path, repeat: int = 1, image_files: int = 0,
+        ner_sentences: int = 0) -> dict:
     import compare
 
     model_dir = work / "encoder"
@@ -251,7 +311,7 @@ def run(rows: list[int], chats: int, stream_rows: int, work: Path, repeat: int =
     chat_words = compare.make_chat_model(chat_dir, "tiny")
     base_env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1",
                 "PYTHONPATH": str(ROOT)}
-    figures: dict = {"text": {}, "chat": {}, "stream": {}, "images": {}, "imports": {}}
+    figures: dict = {"text": {}, "chat": {}, "stream": {}, "images": {}, "ner": {}, "imports": {}}
 
     def fresh_env(name: str) -> dict:
         return {**base_env, "SFT_CACHE": str(work / f"{name}-sft-cache"), "HF_DATASETS_CACHE": str(work / f"{name}-hf-cache")}
@@ -336,6 +396,19 @@ def run(rows: list[int], chats: int, stream_rows: int, work: Path, repeat: int =
         print(f"images {image_files:>7,} files (class folder): sft {ours['seconds']:7.1f} s {ours['peak_rss_gb']:5.2f} GB | "
               f"torchvision ImageFolder {peer['seconds']:7.1f} s {peer['peak_rss_gb']:5.2f} GB | time sft/torchvision "
               f"{figures['images'][image_files]['time_ratio']}", flush=True)
+    if ner_sentences:
+        ner_file = write_ner_jsonl(work / "ner.jsonl", ner_sentences, compare.VOCAB_WORDS)
+        runs = {"sft": [], "hf": []}
+        for r in range(repeat):
+            for side in runs:
+                runs[side].append(measure([*me, "--side", f"{side}_ner", "--model", str(model_dir), "--file", str(ner_file)],
+                                          fresh_env(f"ner-{side}-{r}"), work))
+        ours, peer = summarize(runs["sft"]), summarize(runs["hf"])
+        figures["ner"][ner_sentences] = {"sft": ours, "hf": peer, "time_ratio": round(ours["seconds"] / peer["seconds"], 3),
+                                         "memory_ratio": round(ours["peak_rss_gb"] / peer["peak_rss_gb"], 3)}
+        print(f"NER {ner_sentences:>9,} sentences (JSONL): sft {ours['seconds']:7.1f} s {ours['peak_rss_gb']:5.2f} GB | HF "
+              f"run_ner path {peer['seconds']:7.1f} s {peer['peak_rss_gb']:5.2f} GB | time sft/HF "
+              f"{figures['ner'][ner_sentences]['time_ratio']}", flush=True)
     if len(rows) >= 2:
         small, large = figures["text"][min(rows)], figures["text"][max(rows)]
         figures["text_memory_growth_gb"] = round(large["sft"]["peak_rss_gb"] - small["sft"]["peak_rss_gb"], 3)
@@ -350,6 +423,7 @@ def main(argv=None) -> None:
     parser.add_argument("--chats", type=int, default=200_000, help="conversations of the chat comparison (0: skip)")
     parser.add_argument("--stream-rows", type=int, default=5_000_000, help="records of the streamed gzip JSONL (0: skip)")
     parser.add_argument("--image-files", type=int, default=0, help="images of the class-folder comparison (0: skip)")
+    parser.add_argument("--ner-sentences", type=int, default=0, help="sentences of the NER comparison (0: skip)")
     parser.add_argument("--repeat", type=int, default=1,
                         help="runs of each side (stream aside), alternating; the median time is reported")
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
@@ -363,7 +437,8 @@ def main(argv=None) -> None:
         SIDES[args.side](args)
         return
     with tempfile.TemporaryDirectory() as tmp:
-        figures = run(args.rows, args.chats, args.stream_rows, Path(tmp), max(1, args.repeat), args.image_files)
+        figures = run(args.rows, args.chats, args.stream_rows, Path(tmp), max(1, args.repeat), args.image_files,
+                      args.ner_sentences)
     figures["repeat"] = max(1, args.repeat)
     figures["hardware"] = f"CPU, {os.cpu_count()} cores"
     if args.json:

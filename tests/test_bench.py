@@ -129,7 +129,7 @@ def test_data_scale_harness_reports_both_sides(tmp_path):
     are reported to 3 decimals, so one near 0 (a side that is mostly its imports) is checked to that."""
     out = tmp_path / "data_scale.json"
     result = subprocess.run([sys.executable, str(ROOT / "bench" / "compare.py"), "data_scale", "--rows", "300", "--chats", "60",
-                             "--stream-rows", "120", "--image-files", "40", "--json", str(out)], capture_output=True, text=True, timeout=600)
+                             "--stream-rows", "120", "--image-files", "40", "--ner-sentences", "50", "--json", str(out)], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     figures = json.loads(out.read_text())
     chat = figures["chat"]["60"]
@@ -142,9 +142,10 @@ def test_data_scale_harness_reports_both_sides(tmp_path):
     assert chat["time_ratio_past_imports"] == pytest.approx(
         (chat["sft"]["seconds"] - imports["sft"]["seconds"]) / (chat["hf"]["seconds"] - imports["hf"]["seconds"]), rel=0.01, abs=RATIO_ROUNDING)
     assert figures["stream"]["120"]["sft"]["seconds"] > 0
-    images = figures["images"]["40"]
+    images, ner = figures["images"]["40"], figures["ner"]["50"]
     assert images["time_ratio"] == pytest.approx(images["sft"]["seconds"] / images["torchvision"]["seconds"], rel=0.01,
                                                  abs=RATIO_ROUNDING)
+    assert ner["time_ratio"] == pytest.approx(ner["sft"]["seconds"] / ner["hf"]["seconds"], rel=0.01, abs=RATIO_ROUNDING)
     # Text: each launch's first optimizer step falls inside its run, and the ratios are of those times.
     text = figures["text"]["300"]
     for side in ("sft", "sft_second_launch", "hf"):

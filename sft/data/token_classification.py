@@ -206,35 +206,45 @@ class TokenClassificationProcessor(Processor):
             sentences.append((list(words), ids))
             report.words += len(words)
 
-        # Subwords per word, counted without special tokens; a word that yields none is fed as [UNK].
-        counted = self.tokenizer([words for words, _ in sentences], is_split_into_words=True, add_special_tokens=False)
-        plans = []
+        # Subwords per word (special tokens have no word); a word that yields none is fed as [UNK].
+        # A sentence that fits one window as it is keeps this encoding; the others are encoded again
+        # by window.
+        whole = self.tokenizer([words for words, _ in sentences], is_split_into_words=True)
+        plans: list = []
+        kept: set[int] = set()  # sentences whose whole encoding is their one window
         for s, (words, _) in enumerate(sentences):
             counts = [0] * len(words)
-            for word in counted.word_ids(s):
+            for word in whole.word_ids(s):
                 if word is not None:
                     counts[word] += 1
+            replaced = False
             for k, c in enumerate(counts):
                 if c == 0:
                     words[k] = self.tokenizer.unk_token
                     counts[k] = 1
                     report.unknown_words += 1
+                    replaced = True
             windows = plan_windows(counts, self.budget, self.stride)
             report.windows += len(windows)
             report.split_sentences += len(windows) > 1
             report.truncated += sum(c > self.budget for c in counts)
             plans.append((windows, owners(counts, windows)))
+            if len(windows) == 1 and not replaced and sum(counts) <= self.budget:
+                kept.add(s)
 
         pieces = [(s, w, start, end) for s, (windows, _) in enumerate(plans) for w, (start, end) in enumerate(windows)]
-        encoded = self.tokenizer([sentences[s][0][start:end] for s, _, start, end in pieces], is_split_into_words=True,
-                                 truncation=True, max_length=self.max_length)
+        again = [(s, start, end) for s, _, start, end in pieces if s not in kept]
+        windowed = self.tokenizer([sentences[s][0][start:end] for s, start, end in again], is_split_into_words=True,
+                                  truncation=True, max_length=self.max_length) if again else None
+        rows = {(s, start): j for j, (s, start, _) in enumerate(again)}  # a window's row in `windowed`
         examples = []
-        for j, (s, w, start, end) in enumerate(pieces):
+        for s, w, start, end in pieces:
+            encoded, row = (whole, s) if s in kept else (windowed, rows[(s, start)])
             tag_ids, owner = sentences[s][1], plans[s][1]
-            word_ids = encoded.word_ids(j)
-            example = {"input_ids": encoded["input_ids"][j], "sentence_index": s}
+            word_ids = encoded.word_ids(row)
+            example = {"input_ids": encoded["input_ids"][row], "sentence_index": s}
             if "token_type_ids" in encoded:
-                example["token_type_ids"] = encoded["token_type_ids"][j]
+                example["token_type_ids"] = encoded["token_type_ids"][row]
             positions, labels, word_labels, previous = [], [], [], None
             for local in word_ids:
                 word = None if local is None else start + local
