@@ -15,6 +15,7 @@ that any later error about it can name the file and the line.
 from __future__ import annotations
 
 import bz2
+import contextlib
 import csv
 import functools
 import glob
@@ -569,9 +570,11 @@ def _records_cache_file(path: Path, encoding: str) -> Path:
     return cache_root() / "records" / f"{path.name}-{hashlib.sha256(key.encode()).hexdigest()[:24]}.arrow"
 
 
-def _write_records(records: Iterator[tuple[str, dict]], folder: Path, prefix: str) -> tuple[str, int, list[str], str]:
+def _write_records(records: Iterator[tuple[str, dict]], folder: Path, prefix: str,
+                   with_digest: bool = False) -> tuple[str, int, list[str], str]:
     """Write (location, record) pairs as an Arrow stream to a temporary file in `folder`, 20,000
-    at a time: (its path, the record count, the field names seen, a digest of the records)."""
+    at a time: (its path, the record count, the field names seen, a digest of the records when
+    `with_digest`, else "")."""
     import pyarrow as pa
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -589,7 +592,8 @@ def _write_records(records: Iterator[tuple[str, dict]], folder: Path, prefix: st
 
             def flush() -> None:
                 writer.write_batch(pa.record_batch([where, texts], schema=schema))
-                digest.update("\0".join(where + texts).encode())
+                if with_digest:
+                    digest.update("\0".join(where + texts).encode())
                 where.clear()
                 texts.clear()
 
@@ -606,7 +610,7 @@ def _write_records(records: Iterator[tuple[str, dict]], folder: Path, prefix: st
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return tmp, count, list(columns), digest.hexdigest()
+    return tmp, count, list(columns), digest.hexdigest() if with_digest else ""
 
 
 def _keep_records(tmp: str, target: Path, meta: dict) -> None:
@@ -637,7 +641,8 @@ def _records_table(path: str, target: Path) -> ArrowTable:
     from datasets import Dataset
 
     meta = json.loads(target.with_suffix(".json").read_text())
-    os.utime(target)  # recently used: evicted last
+    with contextlib.suppress(OSError):  # a cache shared read-only is used, not refreshed
+        os.utime(target)  # recently used: evicted last
     return ArrowTable(path, Dataset.from_file(str(target)), meta["columns"], fingerprint=target.stem)
 
 
@@ -746,7 +751,7 @@ def read_class_folder(root: Path, key: str, suffixes, kind: str, layout: str) ->
                     yield path, {"path": path, "label": label}
 
     folder = cache_root() / "records"
-    tmp, count, _, digest = _write_records(files(), folder, f"{root.name}-listing")
+    tmp, count, _, digest = _write_records(files(), folder, f"{root.name}-listing", with_digest=True)
     if ignored:
         log.warning("%s: ignored %d files without an %s extension (%s)", root, ignored, kind, ", ".join(sorted(suffixes)))
     if not count:
