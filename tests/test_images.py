@@ -424,7 +424,7 @@ def test_class_folder_listing_is_kept_in_arrow_keyed_by_its_files(tmp_path, monk
 def test_setup_check_reads_each_files_signature(tmp_path, monkeypatch):
     import threading
 
-    from sft.data import images
+    from sft.data import sources
     from sft.data.images import IMAGE_SUFFIXES, ImageClassificationProcessor
 
     pixels = Image.fromarray(color_image(np.random.default_rng(0), 1))
@@ -440,18 +440,21 @@ def test_setup_check_reads_each_files_signature(tmp_path, monkeypatch):
            "empty.png": "not a readable image (the file is empty)", "missing.jpg": "file not found",
            "folder.png": "not readable (IsADirectoryError"}
     paths = good + [str(tmp_path / name) for name in bad]
-    processor = ImageClassificationProcessor(input_spec=TEST_INPUT, image_size=16, label_names=["a", "b"], check_workers=4)
-    problems = processor._check_files(paths)
+    check = ImageClassificationProcessor._problem
+    problems = sources.check_each(paths, check, workers=4)
     assert problems[:len(good)] == [None] * len(good)
     for name, problem in zip(bad, problems[len(good):]):
         assert problem.startswith(bad[name]), (name, problem)
-    # Slow storage (every check over the limit): the files past the probe are checked on threads, in order.
+    # Slow storage (every check over the limit): the items past the probe are checked on threads, in order.
     threads = set()
-    check = processor._problem
-    processor._problem = lambda path: threads.add(threading.get_ident()) or check(path)
-    monkeypatch.setattr(images, "SLOW_FILE_SECONDS", 0.0)
-    monkeypatch.setattr(images, "SPEED_PROBE_FILES", 3)
-    assert processor._check_files(paths) == problems and len(threads - {threading.get_ident()}) >= 1
+    monkeypatch.setattr(sources, "SLOW_CHECK_SECONDS", 0.0)
+    monkeypatch.setattr(sources, "SPEED_PROBE_ITEMS", 3)
+    assert sources.check_each(paths, lambda path: threads.add(threading.get_ident()) or check(path), workers=4) == problems
+    assert len(threads - {threading.get_ident()}) >= 1
+    threads.clear()  # fast checks stay in this process
+    monkeypatch.setattr(sources, "SLOW_CHECK_SECONDS", 1e9)
+    assert sources.check_each(paths, lambda path: threads.add(threading.get_ident()) or check(path), workers=4) == problems
+    assert threads == {threading.get_ident()}
 
 
 def test_missing_image_folder(tmp_path):

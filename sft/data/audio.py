@@ -28,7 +28,6 @@ import logging
 import math
 import os
 import re
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Optional
@@ -37,8 +36,8 @@ import numpy as np
 import torch
 
 from sft.data.processor import Processor
-from sft.data.sources import (DataError, Table, embedded_bytes, is_embedded, is_saved_dataset, listed_path,
-                              media_column, read_class_folder, read_table)
+from sft.data.sources import (DataError, Table, check_each, embedded_bytes, is_embedded, is_saved_dataset,
+                              listed_path, media_column, read_class_folder, read_table)
 from sft.data.text_classification import in_source_order, label_id, label_key
 
 log = logging.getLogger(__name__)
@@ -427,8 +426,7 @@ class AudioClassificationProcessor(Processor):
         if with_labels:
             table.require_columns({"data.label_column": self.label_column})
         sources = [self._audio_source(table, i) for i in range(len(table))]
-        with ThreadPoolExecutor(max(1, self.check_workers)) as pool:
-            checks = list(pool.map(self._check, sources))
+        checks = check_each(sources, self._check, self.check_workers)
         index = {name: k for k, name in enumerate(self.label_names)}
         examples, report = [], AudioReport(max_seconds=self.max_seconds)
         for i, (source, (problem, seconds)) in enumerate(zip(sources, checks)):

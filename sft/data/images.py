@@ -19,8 +19,6 @@ from __future__ import annotations
 import functools
 import io
 import logging
-import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -29,8 +27,8 @@ import numpy as np
 import torch
 
 from sft.data.processor import Processor
-from sft.data.sources import (DataError, Table, embedded_bytes, is_embedded, is_saved_dataset, listed_path,
-                              media_column, read_class_folder, read_table)
+from sft.data.sources import (DataError, Table, check_each, embedded_bytes, is_embedded, is_saved_dataset,
+                              listed_path, media_column, read_class_folder, read_table)
 from sft.data.text_classification import in_source_order, label_id, label_key
 
 log = logging.getLogger(__name__)
@@ -40,8 +38,6 @@ BAD_IMAGE_POLICIES = ("error", "skip")
 AUTO_AUGMENTS = ("randaugment", "trivialaugment", "autoaugment")
 
 
-SPEED_PROBE_FILES = 32  # files checked one by one to tell fast storage from slow
-SLOW_FILE_SECONDS = 2e-4  # a check slower than this on average: storage latency dominates, use threads
 COMMON_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "PPM")  # tried first
 
 
@@ -379,18 +375,6 @@ class ImageClassificationProcessor(Processor):
             return f"not a readable image (its first bytes {start[:8]!r} are no image format's signature)"
         return None
 
-    def _check_files(self, paths: list[str]) -> list[Optional[str]]:
-        """`_problem` of each path: in this process while files come fast; on `check_workers`
-        threads when the first ones show slow storage (a network file system, a cold disk), where
-        waiting on reads, not the interpreter, takes the time."""
-        probe = paths[:SPEED_PROBE_FILES]
-        started = time.perf_counter()
-        problems = [self._problem(path) for path in probe]
-        slow = probe and (time.perf_counter() - started) / len(probe) > SLOW_FILE_SECONDS
-        if slow and self.check_workers > 1:
-            with ThreadPoolExecutor(self.check_workers) as pool:
-                return problems + list(pool.map(self._problem, paths[len(probe):]))
-        return problems + [self._problem(path) for path in paths[len(probe):]]
 
     def check_encoded(self, table: Table, count: int, report) -> None:
         if count == 0:
@@ -410,7 +394,7 @@ class ImageClassificationProcessor(Processor):
         sources = [self._image_source(table, i) for i in range(len(table))]  # None: bytes in the source
         paths = [i for i, s in enumerate(sources) if isinstance(s, str)]
         # Read every file's start up front, so a missing or non-image file is named now, not mid-epoch.
-        problems = dict(zip(paths, self._check_files([sources[i] for i in paths])))
+        problems = dict(zip(paths, check_each([sources[i] for i in paths], self._problem, self.check_workers)))
         index = {name: k for k, name in enumerate(self.label_names)}
         examples, report = [], ImageReport()
         for i, source in enumerate(sources):

@@ -25,6 +25,8 @@ import json
 import logging
 import os
 import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Sequence, Union
@@ -420,6 +422,26 @@ class ArrowTable(Table):
         records = [json.dumps(r, ensure_ascii=False, default=str) for r in self.rows]
         dataset = Dataset.from_dict({WHERE: where, RECORD: records})
         return ArrowTable(self.path, dataset, self.columns, None, self.class_names, self._fingerprint)
+
+
+SPEED_PROBE_ITEMS = 32  # items checked one by one to tell fast storage from slow
+SLOW_CHECK_SECONDS = 2e-4  # a check slower than this on average: waiting on storage or C code, use threads
+
+
+def check_each(items: Sequence, check: Callable[[Any], Any], workers: int) -> list:
+    """`check` of each item, in order (the up-front checks of media files): in this process while
+    the checks come fast, as they do for files in the page cache (threads would only contend for
+    the interpreter); on `workers` threads when the first ones average over SLOW_CHECK_SECONDS,
+    i.e. when waiting on storage (a network file system, a cold disk) or on decoding in C takes
+    the time."""
+    probe = list(items[:SPEED_PROBE_ITEMS])
+    started = time.perf_counter()
+    results = [check(item) for item in probe]
+    rest = items[len(probe):]
+    if probe and workers > 1 and (time.perf_counter() - started) / len(probe) > SLOW_CHECK_SECONDS:
+        with ThreadPoolExecutor(workers) as pool:
+            return results + list(pool.map(check, rest))
+    return results + [check(item) for item in rest]
 
 
 @functools.lru_cache(maxsize=64)
