@@ -750,7 +750,7 @@ def read_class_folder(root: Path, key: str, suffixes, kind: str, layout: str) ->
     """A folder with one subfolder per class: a record {path, label} per file with one of `suffixes`
     (other files are counted and reported, hidden ones skipped). The listing is written to an
     Arrow file under $SFT_CACHE/records/ as it is walked, keyed by its contents, so that a
-    million files cost disk, not memory, and an unchanged folder keeps its encode cache key."""
+    million files cost disk, not memory, and an unchanged folder keeps its fingerprint."""
     from sft.assets import cache_root
 
     classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
