@@ -9,12 +9,13 @@ import os
 import shutil
 from pathlib import Path
 
+import hydra
 import pytest
 
 from sft.data.datamodule import SFTDataModule
 from sft.data.sources import DataError, read_table
 from sft.errors import ConfigError
-from tests.conftest import write_sentiment_csv
+from tests.conftest import compose_config, write_sentiment_csv
 
 
 @pytest.fixture(autouse=True)
@@ -156,13 +157,21 @@ def test_hf_dataset_offline_from_the_local_cache(tiny_model_dir, tmp_path, monke
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    dm = SFTDataModule(task="text_classification", tokenizer=tiny_model_dir, dataset="hf:acme/reviews")
+    # as the documented command composes it: data=text_classification data.dataset=hf:OWNER/NAME
+    cfg = compose_config("train", ["data=text_classification", "data.dataset=hf:acme/reviews",
+                                   f"model.pretrained={tiny_model_dir}"], tmp_path / "run")
+    dm = hydra.utils.instantiate(cfg.data)
     dm.setup()
     assert len(dm.tables()["test"]) == 10 and len(dm.tables()["train"]) + len(dm.tables()["val"]) == 40
     assert dm.tables()["test"].where(0) == "hf:acme/reviews test row 1"
     with pytest.raises(DataError, match=r"data.dataset=hf:acme/missing: neither the Hugging Face hub \(offline mode is on\) "
                                         r"nor the local datasets cache .*data.train_file=PATH"):
         SFTDataModule(task="text_classification", tokenizer=tiny_model_dir, dataset="hf:acme/missing").setup("fit")
+    without_data = compose_config("train", ["data=text_classification", f"model.pretrained={tiny_model_dir}"],
+                                  tmp_path / "run")
+    with pytest.raises(hydra.errors.InstantiationException, match=r"no training data given; set exactly one of data.train_file=PATH .* "
+                                          r"or hf:OWNER/NAME"):
+        hydra.utils.instantiate(without_data.data)
 
 
 # -- encoding ------------------------------------------------------------------------------------------

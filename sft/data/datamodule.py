@@ -118,9 +118,11 @@ class SFTDataModule(L.LightningDataModule):
         self.task = get_task(task)
         self.settings, self.options = check_data_settings(self.task, settings)
         if (self.settings.train_file is None) == (self.settings.dataset is None):
-            raise ConfigError("set exactly one of data.train_file (your own file) and data.dataset (a catalog data set)"
-                              + (f"; got train_file={self.settings.train_file!r} and dataset={self.settings.dataset!r}"
-                                 if self.settings.train_file else ""))
+            given = ("no training data given" if self.settings.train_file is None else
+                     f"both data.train_file={self.settings.train_file!r} and data.dataset={self.settings.dataset!r} given")
+            raise ConfigError(f"{given}; set exactly one of data.train_file=PATH (your own file, a glob, a list or a "
+                              "save_to_disk folder) and data.dataset=NAME (a catalog data set, or hf:OWNER/NAME for a "
+                              "Hugging Face dataset)")
         # Absolute paths, so a checkpoint's record of its data still holds from another directory.
         for key in ("train_file", "val_file", "test_file"):
             value = getattr(self.settings, key)
