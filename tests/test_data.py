@@ -131,6 +131,21 @@ def test_jsonl_line_that_is_not_an_object(tmp_path):
         read_table(path)
 
 
+def test_json_string_holding_half_a_surrogate_pair_is_named(tmp_path):
+    """JSON may escape half of an emoji (`\\ud83d` alone); Python parses it into a string no encoder
+    or tokenizer takes, so the record is named at reading, not left to fail deep in tokenization."""
+    path = tmp_path / "train.jsonl"
+    path.write_text('{"text": "a smile \\ud83d\\ude00 and an accent \\u00e9", "label": "pos"}\n'
+                    '{"messages": [{"role": "user", "content": "cut \\ud83d"}], "label": "neg"}\n')
+    with pytest.raises(DataError, match=r"train\.jsonl:2: field 'messages' holds half of a UTF-16 surrogate pair"):
+        read_table(path)
+    path.write_text('{"text": "a smile \\ud83d\\ude00 and an accent \\u00e9", "label": "pos"}\n')
+    assert read_table(path).rows[0]["text"] == "a smile \U0001F600 and an accent \u00e9"  # a whole pair is text
+    listed = tmp_path / "train.json"
+    listed.write_text('[{"text": "fine", "label": "pos"}, {"text": "\\udc00 cut", "label": "neg"}]')
+    with pytest.raises(DataError, match=r"train\.json record 2: field 'text' holds half of a UTF-16 surrogate pair"):
+        read_table(listed)
+
 def test_unseen_label_in_val(tiny_model_dir, tmp_path):
     train = write_csv(tmp_path / "train.csv", RECORDS)
     val = write_csv(tmp_path / "val.csv", [{"text": "the film", "label": "pos"},

@@ -133,9 +133,43 @@ def _read_delimited(path: Path, opener, delimiter: str, encoding: str) -> Iterat
             start = reader.line_num + 1
 
 
-def _read_jsonl(path: Path, opener, encoding: str, wanted: Optional[Callable[[], bool]] = None
-                ) -> Iterator[tuple[str, Optional[dict]]]:
-    """(location, record) per non-blank line; a line `wanted()` declines is yielded unparsed, with None."""
+def _lone_surrogate_field(value: Any, field: Optional[str] = None) -> Optional[str]:
+    """The (top-level) field of the first string in `value` holding half of a UTF-16 surrogate pair:
+    JSON's escapes can write one (`\\ud83d` alone), Python's parser keeps it, and no encoder or
+    tokenizer takes it as text."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return field or "the record"
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            found = _lone_surrogate_field(item, field or str(key))
+            if found:
+                return found
+    elif isinstance(value, list):
+        for item in value:
+            found = _lone_surrogate_field(item, field)
+            if found:
+                return found
+    return None
+
+
+def _check_surrogates(record: Any, where: str, text: Optional[str] = None) -> None:
+    """A DataError naming the record and field when a string of it is not text (see above); only
+    looked into when its JSON `text`, where given, writes a \\u escape of a surrogate."""
+    if text is not None and "\\ud" not in text and "\\uD" not in text:
+        return
+    field = _lone_surrogate_field(record)
+    if field:
+        raise DataError(f"{where}: field {field!r} holds half of a UTF-16 surrogate pair (a \\uD800-\\uDFFF escape "
+                        "without its other half, often an emoji cut in two), which is not text; fix or drop the record")
+
+
+def _read_jsonl(path: Path, opener, encoding: str, wanted: Optional[Callable[[], bool]] = None,
+                with_text: bool = False) -> Iterator[tuple]:
+    """(location, record) per non-blank line, and the line itself `with_text`; a line `wanted()`
+    declines is yielded unparsed, with None."""
     with opener(path, "rt", encoding=encoding) as f:
         for number, line in enumerate(f, start=1):
             if not line.strip():
@@ -149,22 +183,27 @@ def _read_jsonl(path: Path, opener, encoding: str, wanted: Optional[Callable[[],
                 raise DataError(f"{path}:{number}: not valid JSON ({e.msg} at column {e.colno})") from None
             if not isinstance(record, dict):
                 raise DataError(f"{path}:{number}: expected a JSON object per line, got {type(record).__name__}")
-            yield f"{path}:{number}", record
+            _check_surrogates(record, f"{path}:{number}", line)
+            yield (f"{path}:{number}", record, line.rstrip()) if with_text else (f"{path}:{number}", record)
 
 
 def _read_json(path: Path, opener, encoding: str) -> Iterator[tuple[str, dict]]:
     with opener(path, "rt", encoding=encoding) as f:
         try:
-            data = json.load(f)
+            text = f.read()
+            data = json.loads(text)
         except json.JSONDecodeError as e:
             raise DataError(f"{path}:{e.lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
     if isinstance(data, dict) and len(data) == 1 and isinstance(next(iter(data.values())), list):
         data = next(iter(data.values()))  # {"data": [...]} as written by many exporters
     if not isinstance(data, list):
         raise DataError(f"{path}: expected a JSON list of objects (or JSONL), got {type(data).__name__}")
+    escapes_surrogates = "\\ud" in text or "\\uD" in text
     for number, record in enumerate(data, start=1):
         if not isinstance(record, dict):
             raise DataError(f"{path} record {number}: expected a JSON object, got {type(record).__name__}")
+        if escapes_surrogates:
+            _check_surrogates(record, f"{path} record {number}")
         yield f"{path} record {number}", record
 
 
@@ -203,23 +242,27 @@ def decode_error(path: Path, opener, error: UnicodeDecodeError, encoding: str = 
                      f"utf8-{path.name}`)")
 
 
-def iter_records(path: Path, encoding: str = "utf-8", wanted: Optional[Callable[[], bool]] = None
-                 ) -> Iterator[tuple[str, Any]]:
+def iter_records(path: Path, encoding: str = "utf-8", wanted: Optional[Callable[[], bool]] = None,
+                 with_text: bool = False) -> Iterator[tuple]:
     """(location, record) for each record of one file, parsed by its extension. `wanted`, where
     given, is asked before each JSONL record is parsed; one it declines comes as ("", None),
-    unparsed (a stream shard passing over the other shards' records)."""
+    unparsed (a stream shard passing over the other shards' records). `with_text` adds the
+    record's JSON text where the file holds it (a JSONL line), else None."""
     kind, opener = file_format(path)
     text_encoding = "utf-8-sig" if encoding.lower().replace("_", "-") in ("utf-8", "utf8") else encoding
+    records: Iterator[tuple]
     if kind in ("csv", "tsv"):
         records = _read_delimited(path, opener, "," if kind == "csv" else "\t", text_encoding)
     elif kind == "jsonl":
-        records = _read_jsonl(path, opener, text_encoding, wanted)
+        records = _read_jsonl(path, opener, text_encoding, wanted, with_text)
     elif kind == "json":
         records = _read_json(path, opener, text_encoding)
     elif kind == "conll":
         records = read_conll(path, opener, text_encoding)
     else:
         records = _read_parquet(path)
+    if with_text and kind != "jsonl":
+        records = ((where, record, None) for where, record in records)
     try:
         yield from records
     except UnicodeDecodeError as error:
@@ -592,11 +635,12 @@ def _records_cache_file(path: Path, encoding: str) -> Path:
     return cache_root() / "records" / f"{path.name}-{hashlib.sha256(key.encode()).hexdigest()[:24]}.arrow"
 
 
-def _write_records(records: Iterator[tuple[str, dict]], folder: Path, prefix: str,
+def _write_records(records: Iterator[tuple[str, dict, Optional[str]]], folder: Path, prefix: str,
                    with_digest: bool = False) -> tuple[str, int, list[str], str]:
-    """Write (location, record) pairs as an Arrow stream to a temporary file in `folder`, 20,000
-    at a time: (its path, the record count, the field names seen, a digest of the records when
-    `with_digest`, else "")."""
+    """Write (location, record, its JSON text or None) as an Arrow stream to a temporary file in
+    `folder`, 20,000 at a time: (its path, the record count, the field names seen, a digest of the
+    records when `with_digest`, else ""). A record's own text (a JSONL line) is kept as it is:
+    encoding the parsed record again would give the same record back, at a third of the read's cost."""
     import pyarrow as pa
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -619,9 +663,9 @@ def _write_records(records: Iterator[tuple[str, dict]], folder: Path, prefix: st
                 where.clear()
                 texts.clear()
 
-            for location, record in records:
+            for location, record, text in records:
                 where.append(location)
-                texts.append(to_json(record))
+                texts.append(to_json(record) if text is None else text)
                 if len(columns) < 10_000:
                     columns.update(dict.fromkeys(record))
                 count += 1
@@ -672,7 +716,7 @@ def read_records_file(path: Path, key: str, encoding: str = "utf-8") -> ArrowTab
     """One file's records as an ArrowTable, parsed once and kept in $SFT_CACHE/records/."""
     target = _records_cache_file(path, encoding)
     if not (target.is_file() and target.with_suffix(".json").is_file()):
-        tmp, count, columns, _ = _write_records(iter_records(path, encoding), target.parent, target.name)
+        tmp, count, columns, _ = _write_records(iter_records(path, encoding, with_text=True), target.parent, target.name)
         if count == 0:
             Path(tmp).unlink(missing_ok=True)
             raise DataError(f"{key}: {path} holds no records")
@@ -758,7 +802,7 @@ def read_class_folder(root: Path, key: str, suffixes, kind: str, layout: str) ->
         raise DataError(f"{key}: {root} has no class subfolders; expected {layout}")
     ignored = 0
 
-    def files() -> Iterator[tuple[str, dict]]:
+    def files() -> Iterator[tuple[str, dict, None]]:
         nonlocal ignored
         for label in classes:
             for dirpath, dirnames, filenames in os.walk(root / label):
@@ -770,7 +814,7 @@ def read_class_folder(root: Path, key: str, suffixes, kind: str, layout: str) ->
                         ignored += 1
                         continue
                     path = os.path.join(dirpath, name)
-                    yield path, {"path": path, "label": label}
+                    yield path, {"path": path, "label": label}, None
 
     folder = cache_root() / "records"
     tmp, count, _, digest = _write_records(files(), folder, f"{root.name}-listing", with_digest=True)
