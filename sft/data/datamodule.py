@@ -201,7 +201,8 @@ class SFTDataModule(L.LightningDataModule):
                 tables[split] = read(file, f"data.{split}_file")
             elif split in own:
                 tables[split] = own[split]
-                rank_zero_info(f"[data] {split} split: the source's own split {own[split].path!r}")
+                rank_zero_info(f"[data] {split} split: the source's own split {getattr(hp, f'{split}_split')!r} of "
+                               f"{own[split].path} ({len(own[split])} records)")
             else:
                 kept, carved = seeded_split(len(train), fraction, hp.split_seed * 1000 + salt, of=in_file)
                 tables[split] = train.subset(carved)
