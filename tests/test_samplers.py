@@ -71,3 +71,31 @@ def test_arrow_lengths_and_supervised_counts_follow_a_selection_and_a_pack_plan(
     packed = PackedExamples(ArrowExamples(table), [[0, 1], [3], [2, 4]])
     assert packed.lengths().tolist() == [8, 7, 6]
     assert packed.supervised(count=None).tolist() == [6, 6, 4]
+
+
+def test_pack_plan_is_best_fit_decreasing():
+    """Every example in exactly one row within the packing length, each placed, longest first, in
+    the open row with the least room that fits it (of equals, the row opened first), or a new row
+    when none fits: checked by replaying the plan against every open row's room."""
+    from sft.data.packing import pack_plan
+
+    rng = np.random.default_rng(3)
+    for max_length, count in ((16, 300), (64, 500), (7, 40)):
+        lengths = rng.integers(0, max_length + 1, size=count)
+        rows = pack_plan(lengths, max_length)
+        assert sorted(i for row in rows for i in row) == list(range(count))
+        assert all(int(lengths[row].sum()) <= max_length for row in rows)
+        row_of = {i: r for r, row in enumerate(rows) for i in row}
+        placed = [[] for _ in rows]
+        room: list[int] = []
+        for i in np.argsort(-lengths, kind="stable").tolist():
+            n, r = int(lengths[i]), row_of[i]
+            fitting = [(left, row) for row, left in enumerate(room) if left >= n]
+            if fitting:
+                assert (room[r], r) == min(fitting), (i, n, r)
+                room[r] -= n
+            else:
+                assert r == len(room), (i, n, r)  # a new row, opened in order
+                room.append(max_length - n)
+            placed[r].append(i)
+        assert placed == rows  # each row lists its examples in the order they were placed

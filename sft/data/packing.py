@@ -16,6 +16,7 @@ number of accumulated micro-batches then yields exactly the step's token mean.
 from __future__ import annotations
 
 import bisect
+import heapq
 from typing import Iterator, Optional, Sequence
 
 import numpy as np
@@ -29,24 +30,37 @@ IGNORE = -100
 
 def pack_plan(lengths: Sequence[int], max_length: int) -> list[list[int]]:
     """Best-fit decreasing: longest example first, each into the open row with the least room
-    that still fits it. Returns the example indices of each row."""
+    that still fits it (of those, the row opened first). Returns the example indices of each row.
+
+    Rooms are whole token counts, so the open rows are kept by room: a heap of rows per room, and
+    the sorted list of rooms some row has. A choice is then a bisection over at most max_length + 1
+    rooms, not over every open row (a million conversations open some 300,000 rows)."""
     lengths = np.asarray(lengths, dtype=np.int64)
     too_long = np.flatnonzero(lengths > max_length)
     if len(too_long):
         raise ValueError(f"example of {lengths[too_long[0]]} tokens exceeds the packing length {max_length}; truncate first")
     order = np.argsort(-lengths, kind="stable")
     rows: list[list[int]] = []  # example indices per row
-    free: list[tuple[int, int]] = []  # (room left, row index), kept sorted
-    for i in order.tolist():
-        n = int(lengths[i])
-        k = bisect.bisect_left(free, (n, -1))
-        if k < len(free):
-            room, row = free.pop(k)
+    rows_with_room: list[list[int]] = [[] for _ in range(max_length + 1)]  # a heap of row indices per room
+    rooms: list[int] = []  # the rooms some open row has, sorted
+
+    def open_with(room: int, row: int) -> None:
+        if not rows_with_room[room]:
+            bisect.insort(rooms, room)
+        heapq.heappush(rows_with_room[room], row)
+
+    for i, n in zip(order.tolist(), lengths[order].tolist()):
+        k = bisect.bisect_left(rooms, n)
+        if k < len(rooms):
+            room = rooms[k]
+            row = heapq.heappop(rows_with_room[room])
+            if not rows_with_room[room]:
+                del rooms[k]
             rows[row].append(i)
-            bisect.insort(free, (room - n, row))
+            open_with(room - n, row)
         else:
             rows.append([i])
-            bisect.insort(free, (max_length - n, len(rows) - 1))
+            open_with(max_length - n, len(rows) - 1)
     return rows
 
 
