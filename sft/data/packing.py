@@ -34,7 +34,7 @@ def pack_plan(lengths: Sequence[int], max_length: int) -> list[list[int]]:
 
     Rooms are whole token counts, so the open rows are kept by room: a heap of rows per room, and
     the sorted list of rooms some row has. A choice is then a bisection over at most max_length + 1
-    rooms, not over every open row (a million conversations open some 300,000 rows)."""
+    rooms, not over every open row (a million conversations open a quarter of a million)."""
     lengths = np.asarray(lengths, dtype=np.int64)
     too_long = np.flatnonzero(lengths > max_length)
     if len(too_long):
@@ -44,7 +44,7 @@ def pack_plan(lengths: Sequence[int], max_length: int) -> list[list[int]]:
     rows_with_room: list[list[int]] = [[] for _ in range(max_length + 1)]  # a heap of row indices per room
     rooms: list[int] = []  # the rooms some open row has, sorted
 
-    def open_with(room: int, row: int) -> None:
+    def keep_open(row: int, room: int) -> None:
         if not rows_with_room[room]:
             bisect.insort(rooms, room)
         heapq.heappush(rows_with_room[room], row)
@@ -57,10 +57,10 @@ def pack_plan(lengths: Sequence[int], max_length: int) -> list[list[int]]:
             if not rows_with_room[room]:
                 del rooms[k]
             rows[row].append(i)
-            open_with(room - n, row)
+            keep_open(row, room - n)
         else:
             rows.append([i])
-            open_with(max_length - n, len(rows) - 1)
+            keep_open(len(rows) - 1, max_length - n)
     return rows
 
 
