@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from sft.data.datamodule import SFTDataModule, seeded_split
-from sft.data.sources import DataError, read_table
+from sft.data.sources import DataError, Table, read_table
 
 RECORDS = [
     {"text": "the film was great", "label": "pos"},
@@ -426,6 +426,30 @@ def test_texts_and_pairs_tokenize_as_the_tokenizer_call_does(tiny_model_dir):
     marked = Marked.from_pretrained(tiny_model_dir)
     assert direct_backend(marked) is None
     assert [ids[-1] for ids in untruncated_ids(marked, texts)["input_ids"]] == [marked.unk_token_id] * 3
+
+
+def test_pre_split_words_tokenize_as_the_tokenizer_call_does(tiny_model_dir):
+    """NER's sentences go through the Rust tokenizer with the call's ids, type ids and word ids; a
+    batch whose long sentence is windowed (a truncating call) leaves the next batch that path."""
+    from transformers import AutoTokenizer
+
+    from sft.data.rust_tokenizer import WordEncodings, direct_backend, encode_words
+    from sft.data.token_classification import TokenClassificationProcessor
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    sentences = [words(3, 1).split(), ["zzz", "", words(1)], words(12, 2).split()]
+    expected = tokenizer(sentences, is_split_into_words=True)
+    encoded = encode_words(tokenizer, sentences)
+    assert isinstance(encoded, WordEncodings)
+    for name in ("input_ids", "token_type_ids"):
+        assert encoded[name] == expected[name]
+    assert [encoded.word_ids(i) for i in range(3)] == [expected.word_ids(i) for i in range(3)]
+
+    processor = TokenClassificationProcessor(tokenizer, max_length=8, stride=2)
+    long = Table("t.jsonl", [{"tokens": words(20, 3).split(), "tags": ["B-PER"] + ["O"] * 19}], ["t.jsonl:1"])
+    processor.fit(long)
+    examples, report = processor.encode(long)
+    assert report.windows > 1 and direct_backend(tokenizer) is not None
 
 
 def test_sentence_pairs(tiny_model_dir, tmp_path):

@@ -51,3 +51,35 @@ def ids_and_offsets(tokenizer, texts: list[str]) -> list[tuple[list[int], list[t
         return [(e.ids, e.offsets) for e in backend.encode_batch(texts, add_special_tokens=False)]
     encoded = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
     return list(zip(encoded["input_ids"], encoded["offset_mapping"]))
+
+
+class WordEncodings:
+    """Rust encodings of pre-split sentences, read as the processors read a transformers
+    BatchEncoding: `encodings["input_ids"]` (and "token_type_ids"), `name in encodings`, and
+    `encodings.word_ids(i)`."""
+
+    def __init__(self, encodings: list, with_token_type_ids: bool):
+        self._encodings = encodings
+        self._columns = {"input_ids": [e.ids for e in encodings]}
+        if with_token_type_ids:
+            self._columns["token_type_ids"] = [e.type_ids for e in encodings]
+
+    def __getitem__(self, name: str) -> list[list[int]]:
+        return self._columns[name]
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._columns
+
+    def word_ids(self, index: int) -> list[Optional[int]]:
+        return self._encodings[index].word_ids
+
+
+def encode_words(tokenizer, sentences: list[list[str]]):
+    """What `tokenizer(sentences, is_split_into_words=True)` gives (input_ids, token_type_ids where
+    the call returns them, word_ids), untruncated, through the Rust tokenizer where that gives the
+    call's ids."""
+    backend = direct_backend(tokenizer)
+    if backend is None:
+        return tokenizer(sentences, is_split_into_words=True)
+    return WordEncodings(backend.encode_batch(sentences, is_pretokenized=True, add_special_tokens=True),
+                         "token_type_ids" in tokenizer.model_input_names)

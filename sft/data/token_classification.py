@@ -17,6 +17,7 @@ import torch
 from sft.data.collators import PaddingCollator
 from sft.data.coverage import UnknownTokens, count_unknown
 from sft.data.processor import Processor
+from sft.data.rust_tokenizer import encode_words
 from sft.data.sources import Table
 from sft.errors import ConfigError, DataError
 from sft.tagging import SCHEME_NAMES, check_tag, detect_scheme, entities, split_tag, tag_names
@@ -209,7 +210,7 @@ class TokenClassificationProcessor(Processor):
         # Subwords per word (special tokens have no word); a word that yields none is fed as [UNK].
         # A sentence that fits one window as it is keeps this encoding; the others are encoded again
         # by window.
-        whole = self.tokenizer([words for words, _ in sentences], is_split_into_words=True)
+        whole = encode_words(self.tokenizer, [words for words, _ in sentences])
         plans: list = []
         kept: set[int] = set()  # sentences whose whole encoding is their one window
         for s, (words, _) in enumerate(sentences):
@@ -234,8 +235,7 @@ class TokenClassificationProcessor(Processor):
 
         pieces = [(s, w, start, end) for s, (windows, _) in enumerate(plans) for w, (start, end) in enumerate(windows)]
         again = [(s, start, end) for s, _, start, end in pieces if s not in kept]
-        windowed = self.tokenizer([sentences[s][0][start:end] for s, start, end in again], is_split_into_words=True,
-                                  truncation=True, max_length=self.max_length) if again else None
+        windowed = self._encode_windows([sentences[s][0][start:end] for s, start, end in again]) if again else None
         rows = {(s, start): j for j, (s, start, _) in enumerate(again)}  # a window's row in `windowed`
         examples = []
         for s, w, start, end in pieces:
@@ -268,6 +268,17 @@ class TokenClassificationProcessor(Processor):
             examples.append(example)
         report.unknown = count_unknown(self.tokenizer, (example["input_ids"] for example in examples))
         return examples, report
+
+    def _encode_windows(self, windows: list[list[str]]):
+        """The windows' words encoded, each truncated to max_length (only a single word longer than
+        the window's budget is cut). The call leaves truncation set on the Rust tokenizer; it is
+        put back as found, so the next batch's sentences still take the direct path."""
+        backend = getattr(self.tokenizer, "backend_tokenizer", None)
+        before = backend.truncation if backend is not None else None
+        encoded = self.tokenizer(windows, is_split_into_words=True, truncation=True, max_length=self.max_length)
+        if backend is not None and before is None:
+            backend.no_truncation()
+        return encoded
 
     def _continuation(self, tag_id: int) -> int:
         """The tag of a non-first subword when all subwords are labelled: B-X continues as I-X."""
